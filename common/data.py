@@ -1,0 +1,261 @@
+"""Datasets, decoded once into a uint8 tensor cache and sampled on the training device.
+
+Names: mnist, fashion_mnist, cifar10, celeba, a folder of images (any depth; the first
+sub-folder is the class), and the 2-D toy sets ring8 and grid25. Preprocessing: MNIST-style
+digits and CIFAR-10 are resized to the training size; CelebA (aligned 178x218 images) is
+centre-cropped to 178x178 and resized; folder images are centre-cropped to a square and resized.
+The decoded tensor is cached as DATA_DIR/cache/<name>_<size>.pt. Batches are drawn by random
+index on the device (with replacement), so no DataLoader and no per-image Python work runs in
+the training loop.
+"""
+import concurrent.futures
+import hashlib
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cli import UserError
+
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
+TOY_DATASETS = ("ring8", "grid25")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+GPU_BUDGET = 0.3  # share of free GPU memory the dataset may take before it stays in pinned host memory
+
+
+def progress(done: int, total: int, what: str, start: float):
+    """A one-line progress bar on stderr."""
+    frac = done / max(total, 1)
+    bar = "#" * int(30 * frac)
+    rate = done / max(time.time() - start, 1e-9)
+    end = "\n" if done >= total else ""
+    print(f"\r{what}: [{bar:<30}] {done}/{total} ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
+
+
+class ToyData:
+    """A mixture of 2-D Gaussians; `batch(n)` returns (points, component index)."""
+
+    is_2d = True
+
+    def __init__(self, name: str, device: torch.device):
+        if name == "ring8":  # 8 modes on a circle of radius 2, std 0.02 (Metz et al. 2017; PacGAN)
+            angles = torch.arange(8) * (2 * torch.pi / 8)
+            self.centres, self.std = torch.stack([2 * angles.cos(), 2 * angles.sin()], 1), 0.02
+        else:  # grid25: modes at {-4,-2,0,2,4}^2, std 0.05 (VEEGAN; PacGAN)
+            axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+            self.centres, self.std = torch.cartesian_prod(axis, axis), 0.05
+        self.centres = self.centres.to(device)
+        self.name, self.device, self.num_classes, self.labels = name, device, len(self.centres), None
+        self.shape = (2,)
+
+    def batch(self, n: int):
+        k = torch.randint(len(self.centres), (n,), device=self.device)
+        return self.centres[k] + self.std * torch.randn(n, 2, device=self.device), k
+
+
+class ImageData:
+    """uint8 images (N, C, H, W) and optional int64 labels; `batch(n)` returns floats in [-1, 1]."""
+
+    is_2d = False
+
+    def __init__(self, images, labels, classes, device, flip: bool, name: str, cache_key: str):
+        self.name, self.device, self.flip, self.cache_key = name, device, flip, cache_key
+        self.labels_present = labels is not None
+        self.num_classes = len(classes) if classes else 0
+        self.classes = classes
+        on_gpu = device.type == "cuda" and images.numel() < GPU_BUDGET * torch.cuda.mem_get_info(device)[0]
+        if on_gpu or device.type != "cuda":
+            self.images = images.to(device)
+            self.labels = labels.to(device) if labels is not None else None
+        else:  # too big for the GPU: pinned host memory, copied per batch without blocking
+            self.images = images.pin_memory()
+            self.labels = labels.pin_memory() if labels is not None else None
+        self.shape = tuple(images.shape[1:])
+
+    def __len__(self):
+        return len(self.images)
+
+    def batch(self, n: int):
+        idx = torch.randint(len(self.images), (n,), device=self.images.device)
+        x = self.images[idx]
+        y = self.labels[idx] if self.labels is not None else None
+        if x.device != self.device:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            y = y.pin_memory().to(self.device, non_blocking=True) if y is not None else None
+        x = x.float().div_(127.5).sub_(1.0)
+        if self.flip:
+            x = torch.where(torch.rand(n, 1, 1, 1, device=self.device) < 0.5, x.flip(3), x)
+        return x, y
+
+
+def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: bool = False,
+         need_labels: bool = False, rank: int = 0, world: int = 1, channels: int = 0):
+    """The dataset `name` at `image_size`, ready to sample on `device`.
+
+    rank/world: under DDP each rank keeps every world-th image, its own shard.
+    channels: force 1 (grey) or 3 (RGB) channels; 0 keeps the dataset's own.
+    """
+    if name in TOY_DATASETS:
+        if need_labels:
+            raise UserError(f"{name} is a 2-D toy set; this script needs a labelled image dataset")
+        return ToyData(name, device)
+    if image_size < 4:
+        raise UserError(f"--image-size must be at least 4, got {image_size}")
+    images, labels, classes, key = _cached(name, Path(data_dir), image_size)
+    if channels and images.shape[1] != channels:
+        images = images.expand(-1, 3, -1, -1).contiguous() if channels == 3 else \
+            images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    if need_labels and labels is None:
+        raise UserError(f"dataset {name!r} has no labels; a conditional model needs mnist, fashion_mnist, cifar10 "
+                        "or a folder whose first-level sub-folders are the classes")
+    if world > 1:
+        images = images[rank::world]
+        labels = labels[rank::world] if labels is not None else None
+    return ImageData(images, labels, classes, device, flip, name, f"{key}_{image_size}")
+
+
+def _cached(name: str, data_dir: Path, size: int):
+    """Decode the dataset once into DATA_DIR/cache/<key>_<size>.pt; later runs load that file."""
+    folder = None
+    if name not in IMAGE_DATASETS:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"unknown dataset {name!r}: use one of {', '.join(IMAGE_DATASETS + TOY_DATASETS)}, "
+                            "or the path of a folder of images")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise UserError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files)
+        key = f"folder-{folder.resolve().name}-{hashlib.sha1((str(folder.resolve()) + listing).encode()).hexdigest()[:10]}"
+    else:
+        key = name
+    path = data_dir / "cache" / f"{key}_{size}.pt"
+    if path.exists():
+        d = torch.load(path, weights_only=True)
+        return d["images"], d.get("labels"), d.get("classes"), key
+    if folder is not None:
+        images, labels, classes = _read_folder(folder, files, size)
+    elif name in ("mnist", "fashion_mnist"):
+        images, labels, classes = _read_mnist(name, data_dir, size)
+    elif name == "cifar10":
+        images, labels, classes = _read_cifar10(data_dir, size)
+    else:
+        images, labels, classes = _read_celeba(data_dir, size)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may build it at once
+        torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"warning: could not write the data cache {path} ({e}); it will be rebuilt next time", file=sys.stderr)
+    return images, labels, classes, key
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 batch (N, C, h, w) to size x size with antialiasing, in chunks."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = []
+    for chunk in images.split(4096):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _read_mnist(name: str, data_dir: Path, size: int):
+    import torchvision
+    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    try:
+        ds = cls(str(data_dir), train=True, download=True)
+    except Exception as e:  # no network, a broken mirror, a half-written file
+        raise UserError(f"{name} is not in {data_dir / cls.__name__ / 'raw'} and could not be downloaded ({e}). "
+                        f"Put the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                        f"t10k-labels-idx1-ubyte) there, or run once with network access.") from None
+    return _resize(ds.data.unsqueeze(1), size), ds.targets.long(), list(ds.classes)
+
+
+def _read_cifar10(data_dir: Path, size: int):
+    folder = data_dir / "cifar-10-batches-py"
+    if not folder.is_dir():
+        import torchvision
+        try:
+            torchvision.datasets.CIFAR10(str(data_dir), train=True, download=True)
+        except Exception as e:
+            raise UserError(f"CIFAR-10 is not in {folder} and could not be downloaded ({e}). Download "
+                            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it in "
+                            f"{data_dir} so that {folder / 'data_batch_1'} exists.") from None
+    images, labels = [], []
+    for i in range(1, 6):  # read the pickles ourselves: torchvision would check their md5 sums
+        f = folder / f"data_batch_{i}"
+        if not f.exists():
+            raise UserError(f"CIFAR-10 is incomplete: {f} is missing")
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")
+        images.append(torch.from_numpy(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
+        labels.append(torch.tensor(d["labels"], dtype=torch.long))
+    meta = folder / "batches.meta"
+    classes = pickle.load(open(meta, "rb"), encoding="latin1")["label_names"] if meta.exists() else [str(i) for i in range(10)]
+    return _resize(torch.cat(images), size), torch.cat(labels), classes
+
+
+def _read_celeba(data_dir: Path, size: int):
+    folder = data_dir / "celeba" / "img_align_celeba"
+    if not folder.is_dir() or not any(folder.glob("*.jpg")):
+        import torchvision
+        try:
+            torchvision.datasets.CelebA(str(data_dir), split="all", download=True)
+        except Exception as e:  # Google Drive quota pages, access limits, no network
+            raise UserError(f"CelebA is not in {folder} and torchvision could not download it ({e}). Download "
+                            "img_align_celeba.zip (the aligned and cropped images) from "
+                            "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html and unzip it into "
+                            f"{folder.parent} so that {folder / '000001.jpg'} exists.") from None
+    files = sorted(folder.glob("*.jpg"))
+    return _decode(files, size, crop=178), None, None
+
+
+def _read_folder(folder: Path, files, size: int):
+    top = {p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in files}
+    images = _decode(files, size, crop=0)
+    if None in top:  # images directly in the folder: no classes
+        return images, None, None
+    classes = sorted(top)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([index[p.relative_to(folder).parts[0]] for p in files], dtype=torch.long)
+    return images, labels, classes
+
+
+def _decode(files, size: int, crop: int):
+    """Decode image files to uint8 (N, 3, size, size): centre crop (`crop` px, or the short side), resize."""
+    from PIL import Image
+
+    def one(path):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                c = min(crop or min(w, h), w, h)
+                left, top = (w - c) // 2, (h - c) // 2
+                im = im.crop((left, top, left + c, top + c)).resize((size, size), Image.BICUBIC)
+                return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy(), None
+        except Exception as e:
+            return None, f"{path}: {e}"
+
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    bad, start = [], time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for i, (img, err) in enumerate(pool.map(one, files, chunksize=64)):
+            if err:
+                bad.append(err)
+            else:
+                out[i] = img
+            if i % 500 == 0 or i + 1 == len(files):
+                progress(i + 1, len(files), f"decoding {len(files)} images to {size}x{size}", start)
+    if bad:  # stop rather than skip: a silently smaller dataset changes the FID reference and the run
+        raise UserError(f"{len(bad)} of {len(files)} images could not be read; remove or fix them and run again. "
+                        f"First: {'; '.join(bad[:3])}")
+    return torch.from_numpy(out)

@@ -1,0 +1,222 @@
+"""Frechet Inception Distance with the standard FID Inception network.
+
+The network is torchvision's Inception3 (1008 classes, no aux head) with the pooling changes
+of the TensorFlow graph `pt_inception-2015-12-05` that pytorch-fid, torch-fidelity and
+torchmetrics use: average pools that exclude padding, and a max pool in the last block. Its
+state-dict keys match that file, so the published weights load as they are. Inputs are
+prepared as pytorch-fid prepares them: uint8 images -> [0, 1] -> bilinear resize to 299x299
+-> [-1, 1]. Generated images are quantised to uint8 first, exactly as saving them to PNG does,
+so a run's FID equals the FID of its exported folder. The Frechet distance is in float64.
+
+    FID = |mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2))
+
+Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--batch-size N]
+[--device D], where A and B are image folders, .npz statistics (mu, sigma) or dataset names.
+"""
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models import inception
+
+from .cli import UserError, user_errors
+from .log import quantize
+
+WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_SHA256_PREFIX = "6726825d"
+
+
+def _avg_pool(x):
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)  # the TF graph excludes padding
+
+
+class _BlockA(inception.InceptionA):
+    def _forward(self, x):
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return [self.branch1x1(x), b5, b3, self.branch_pool(_avg_pool(x))]
+
+
+class _BlockC(inception.InceptionC):
+    def _forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        b7d = x
+        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                      self.branch7x7dbl_5):
+            b7d = layer(b7d)
+        return [self.branch1x1(x), b7, b7d, self.branch_pool(_avg_pool(x))]
+
+
+class _BlockE(inception.InceptionE):
+    def __init__(self, in_channels, max_pool: bool):
+        super().__init__(in_channels)
+        self.max_pool = max_pool  # the last block of the TF graph max-pools its pool branch
+
+    def _forward(self, x):
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        b3d = torch.cat([self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)], 1)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x)
+        return [self.branch1x1(x), b3, b3d, self.branch_pool(pooled)]
+
+
+class FIDInception(inception.Inception3):
+    """Inception3 as in the FID graph; forward(uint8 or [0,1] float images) -> (N, 2048) pool3 features."""
+
+    def __init__(self):
+        super().__init__(num_classes=1008, aux_logits=False, init_weights=False)
+        self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = _BlockA(192, 32), _BlockA(256, 64), _BlockA(288, 64)
+        self.Mixed_6b, self.Mixed_6c = _BlockC(768, 128), _BlockC(768, 160)
+        self.Mixed_6d, self.Mixed_6e = _BlockC(768, 160), _BlockC(768, 192)
+        self.Mixed_7b, self.Mixed_7c = _BlockE(1280, max_pool=False), _BlockE(2048, max_pool=True)
+
+    def forward(self, x):
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey PNGs are read as RGB by the FID tools
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                     "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(self, name)(x)
+        return x.mean((2, 3))
+
+
+def weights_path(given: str | None) -> Path:
+    """The weights file: as given, else torch.hub's cache (shared with pytorch-fid), downloaded once."""
+    if given:
+        if not Path(given).is_file():
+            raise UserError(f"FID weights file {given} does not exist")
+        return Path(given)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_URL.rsplit("/", 1)[1]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=None, progress=True)
+        except Exception as e:
+            path.unlink(missing_ok=True)
+            raise UserError(f"the FID Inception weights are not in {path} and could not be downloaded ({e}); "
+                            f"download {WEIGHTS_URL} to that path, or pass --fid-weights PATH") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
+        raise UserError(f"{path} has sha256 {digest[:8]}..., not {WEIGHTS_SHA256_PREFIX}...: a broken download? "
+                        "Delete it and run again, or pass --fid-weights PATH")
+    return path
+
+
+def load_network(weights: str | None, device) -> FIDInception:
+    net = FIDInception()
+    net.load_state_dict(torch.load(weights_path(weights), map_location="cpu", weights_only=True))
+    return net.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def features(net: FIDInception, images, batch_size: int = 50) -> np.ndarray:
+    """Features of a uint8 tensor (N, C, H, W), or of an iterable of uint8 batches."""
+    device = next(net.parameters()).device
+    batches = images.split(batch_size) if torch.is_tensor(images) else images
+    return np.concatenate([net(b.to(device)).double().cpu().numpy() for b in batches])
+
+
+def statistics(feats: np.ndarray):
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1-mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)) in float64.
+
+    tr((S1 S2)^(1/2)) = sum of sqrt(eig(S1^(1/2) S2 S1^(1/2))), a symmetric PSD matrix, so it
+    needs no general matrix square root (and no scipy).
+    """
+    s1, s2 = torch.from_numpy(np.asarray(sigma1, np.float64)), torch.from_numpy(np.asarray(sigma2, np.float64))
+    w, v = torch.linalg.eigh(s1)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T
+    middle = root1 @ s2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum().item()
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+class FID:
+    """FID of a generator against a dataset's cached reference statistics."""
+
+    def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50):
+        self.net, self.batch_size = load_network(weights, device), batch_size
+        path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}.npz"
+        if path.exists():
+            d = np.load(path)
+            self.mu, self.sigma = d["mu"], d["sigma"]
+        else:
+            print(f"computing FID reference statistics of {len(data)} images (cached in {path})", flush=True)
+            self.mu, self.sigma = statistics(features(self.net, data.images, batch_size))
+            np.savez(path, mu=self.mu, sigma=self.sigma)
+
+    @classmethod
+    def try_create(cls, data, data_dir, weights, device):
+        """The scorer, or None with one line saying why FID is off (no weights, no network)."""
+        try:
+            return cls(data, data_dir, weights, device)
+        except UserError as e:
+            print(f"FID is off: {e}", file=sys.stderr)
+            return None
+
+    def score(self, generate, n: int) -> float:
+        """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG."""
+        batches = (quantize(generate(min(self.batch_size, n - i))) for i in range(0, n, self.batch_size))
+        mu, sigma = statistics(features(self.net, batches, self.batch_size))
+        return frechet_distance(mu, sigma, self.mu, self.sigma)
+
+
+def _folder_images(folder: Path):
+    from PIL import Image
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+    if not files:
+        raise UserError(f"{folder} holds no images")
+    for f in files:
+        yield torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _stats_of(source: str, net, args):
+    path = Path(source)
+    if path.suffix == ".npz" and path.is_file():
+        d = np.load(path)
+        return d["mu"], d["sigma"]
+    if path.is_dir():
+        images = list(_folder_images(path))
+        sizes = {tuple(im.shape) for im in images}
+        batches = (torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)) \
+            if len(sizes) == 1 else ([im.unsqueeze(0)] for im in images)
+        batches = (b if torch.is_tensor(b) else b[0] for b in batches)
+        return statistics(features(net, batches))
+    from . import data
+    ds = data.load(source, args.data_dir, args.image_size, torch.device("cpu"))
+    if ds.is_2d:
+        raise UserError(f"{source} is a 2-D toy set; FID needs images")
+    return statistics(features(net, ds.images, args.batch_size))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or dataset names.")
+    p.add_argument("a"), p.add_argument("b")
+    p.add_argument("--weights", default=None, help="FID Inception weights (default: download to torch.hub's cache)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-dir", default="data", help="where dataset names are read from")
+    p.add_argument("--image-size", type=int, default=64, help="resolution of dataset names' images")
+    args = p.parse_args(argv)
+    with user_errors():
+        net = load_network(args.weights, torch.device(args.device))
+        mu1, s1 = _stats_of(args.a, net, args)
+        mu2, s2 = _stats_of(args.b, net, args)
+        print(f"FID: {frechet_distance(mu1, s1, mu2, s2)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The original GAN: Goodfellow, Pouget-Abadie, Mirza, Xu, Warde-Farley, Ozair, Courville &
+Bengio, "Generative Adversarial Nets", 2014, arXiv:1406.2661.
+
+Objective (eq. 1), D(x) = sigmoid(D_logit(x)):
+    min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
+    d_loss           = -log D(x) - log(1 - D(G(z)))   = softplus(-D_logit(x)) + softplus(D_logit(G(z)))
+    g_loss (minimax) =  log(1 - D(G(z)))              = -softplus(D_logit(G(z)))
+    g_loss (non-sat) = -log D(G(z))                   = softplus(-D_logit(G(z)))   (sec. 3: "stronger
+                       gradients early in learning"; the default)
+Algorithm 1: k discriminator steps (k = 1 in the paper's experiments) per generator step.
+
+Models: multilayer perceptrons. G: ReLU hidden layers (the paper: "a mixture of rectifier
+linear activations and sigmoid"), linear output for 2-D points, tanh for images. D: maxout
+hidden layers (the paper's choice), one logit out.
+
+Data: the 2-D mixtures ring8 and grid25 (the mode-collapse benchmarks of Metz et al. 2017,
+VEEGAN and PacGAN), where we report, over 2,500 samples, the modes captured (a mode with at
+least one sample within 3 std), the share of high-quality samples (within 3 std of the nearest
+mode) and the reverse KL between the histogram of high-quality samples over the modes and the
+uniform histogram. Any image dataset works too, flattened (the paper: MNIST, TFD, CIFAR-10).
+
+Differences from the paper: Adam (lr 5e-4, betas (0.5, 0.999)) instead of SGD with momentum,
+as the 2-D benchmark papers train; D keeps the paper's dropout at a rate of 0.2. These
+settings were chosen by short CPU runs on grid25 (README gives the measured figures). z is 2-d for 2-D data
+(as in PacGAN's setting), 100-d for images.
+"""
+import copy
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from common import data as datasets
+from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
+from common.fid import FID
+from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
+                        restore_rng, stop_requested)
+
+
+@dataclasses.dataclass
+class Args:
+    dataset: str = arg("grid25", "ring8, grid25, or an image dataset (mnist, fashion_mnist, cifar10, celeba, a folder)")
+    data_dir: str = arg("data", "where image datasets and their decoded caches live")
+    image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)")
+    batch_size: int = arg(512, "batch size per GPU (paper: 100; 512 keeps more 2-D modes)")
+    steps: int = arg(8000, "generator updates to train for")
+    loss: str = arg("nonsaturating", "generator loss (paper eq. 1 or its sec. 3 variant)", choices=["minimax", "nonsaturating"])
+    d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)")
+    z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)")
+    hidden: int = arg(128, "units per hidden layer")
+    layers: int = arg(3, "hidden layers in G and in D")
+    maxout: int = arg(2, "pieces per maxout unit in D (paper: maxout D)")
+    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)")
+    lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)")
+    beta1: float = arg(0.5, "Adam beta1")
+    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
+    ema_decay: float = arg(0.999, "EMA decay per step")
+    seed: int = arg(0, "random seed")
+    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
+    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
+    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
+    run_dir: str = arg("runs/minimal_gan", "where config, metrics, samples and checkpoint are written")
+    log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode metrics)")
+    sample_every: int = arg(2000, "sample picture every N steps (0: only at the end)")
+    ckpt_every: int = arg(2000, "checkpoint every N steps (0: only at the end)")
+    fid: str = arg("auto", "FID for image data: auto = on CUDA only", choices=["auto", "on", "off"])
+    fid_every: int = arg(0, "FID every N steps (0: only at the end)")
+    fid_samples: int = arg(10000, "generated images per FID")
+    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
+    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
+    track: bool = arg(False, "log to Weights & Biases")
+    wandb_project: str = arg("gan-reference", "wandb project")
+    wandb_entity: Optional[str] = arg(None, "wandb entity")
+    export: int = arg(0, "after training, write N samples (images: PNGs in RUN_DIR/export; 2-D: RUN_DIR/export.npy)")
+
+
+class Maxout(nn.Module):
+    """Linear map to `pieces` candidates per unit, keep the largest (Goodfellow et al. 2013)."""
+
+    def __init__(self, n_in: int, n_out: int, pieces: int):
+        super().__init__()
+        self.linear, self.pieces = nn.Linear(n_in, n_out * pieces), pieces
+
+    def forward(self, x):
+        return rearrange(self.linear(x), "b (u k) -> b u k", k=self.pieces).amax(-1)
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim: int, hidden: int, layers: int, shape: tuple):
+        super().__init__()
+        dims = [z_dim] + [hidden] * layers
+        blocks = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU(inplace=True))]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, math.prod(shape)))
+        self.shape, self.images = shape, len(shape) == 3
+
+    def forward(self, z):
+        x = self.net(z)
+        return torch.tanh(x).view(len(z), *self.shape) if self.images else x
+
+
+class Discriminator(nn.Module):
+    def __init__(self, hidden: int, layers: int, pieces: int, dropout: float, shape: tuple):
+        super().__init__()
+        dims = [math.prod(shape)] + [hidden] * layers
+        blocks = [m for a, b in zip(dims, dims[1:]) for m in (Maxout(a, b, pieces), nn.Dropout(p=dropout))]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x.flatten(1)).flatten()
+
+
+def d_loss(real_logits, fake_logits):
+    """-log D(x) - log(1 - D(G(z))), from logits, in float32."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def g_loss(fake_logits, loss: str):
+    """minimax: log(1 - D(G(z))); nonsaturating: -log D(G(z))."""
+    fake_logits = fake_logits.float()
+    return -F.softplus(fake_logits).mean() if loss == "minimax" else F.softplus(-fake_logits).mean()
+
+
+def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype):
+    """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step."""
+    device = data.device
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    for _ in range(args.d_steps):
+        real, _ = data.batch(args.batch_size)
+        z = torch.randn(args.batch_size, args.z_dim, device=device)
+        with autocast:
+            loss_d = d_loss(D(real), D(G(z).detach()))
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+    with autocast:
+        loss_g = g_loss(D(G(torch.randn(args.batch_size, args.z_dim, device=device))), args.loss)
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach()}
+
+
+def mode_metrics(points: torch.Tensor, centres: torch.Tensor, std: float) -> dict:
+    """Modes captured, share of high-quality samples and reverse KL (PacGAN / VEEGAN tables)."""
+    dist, nearest = torch.cdist(points.float(), centres.float()).min(1)
+    good = dist < 3 * std
+    counts = torch.bincount(nearest[good], minlength=len(centres)).double()
+    p = counts / counts.sum().clamp(min=1)
+    reverse_kl = (p[p > 0] * (p[p > 0] * len(centres)).log()).sum().item()  # KL(p_gen || uniform)
+    return {"modes": int((counts > 0).sum()), "high_quality": good.float().mean().item(), "reverse_kl": reverse_kl}
+
+
+def draw_points(points: torch.Tensor, centres: torch.Tensor, std: float, size: int = 512) -> torch.Tensor:
+    """A (3, size, size) picture: 3-std discs around the modes in red, samples in blue."""
+    extent = centres.abs().max().item() + 1.5
+    to_px = lambda p: ((p / extent + 1) / 2 * (size - 1)).round().long().clamp(0, size - 1)
+    image = torch.ones(3, size, size)
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    grid = torch.stack([xs, size - 1 - ys], -1).float() / (size - 1) * 2 * extent - extent
+    near = torch.cdist(grid.view(-1, 2), centres.cpu().float()).min(1).values.view(size, size) < 3 * std
+    image[1:, near] = 0.6  # light red discs: where a sample counts as high quality
+    px = to_px(points.cpu().float())
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            x, y = (px[:, 0] + dx).clamp(0, size - 1), (size - 1 - px[:, 1] + dy).clamp(0, size - 1)
+            image[:, y, x] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1)
+    return image
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    G.eval()
+    out = G(z).float()
+    G.train()
+    return out
+
+
+def main():
+    args, given = parse_args(Args, __doc__.split("\n")[0])
+    with user_errors():
+        state = None
+        if args.resume:
+            state = load_checkpoint(args.resume, "minimal_gan")
+            args = merge_resumed(args, given, state["args"])
+        if args.d_steps < 1 or args.hidden < 1 or args.layers < 1 or args.maxout < 1:
+            raise UserError("--d-steps, --hidden, --layers and --maxout must be at least 1")
+        device, rank, world = init_distributed(args.device)
+        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, rank=rank, world=world)
+        if data.is_2d and device.type == "cpu":
+            torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
+        if args.z_dim is None:
+            args.z_dim = 2 if data.is_2d else 100
+        amp_dtype = resolve_amp(args.amp, device)
+
+        torch.manual_seed(args.seed)  # identical initial weights on every rank
+        G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
+        D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape).to(device)
+        ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
+        fused = device.type == "cuda"
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        z_fixed = torch.randn(2500 if data.is_2d else 64, args.z_dim, device=device)
+        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
+        step = 0
+        if state is not None:
+            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
+            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            z_fixed, step = state["z_fixed"].to(device), state["step"]
+            restore_rng(state["rng"], rank, world)
+
+        G_train, D_train = G, D
+        if world > 1:
+            G_train, D_train = nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
+        if resolve_compile(args.compile, device):
+            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+
+        run = Run(args, "minimal_gan", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        G_sample = ema if ema is not None else G
+        use_fid = not data.is_2d and (args.fid == "on" or (args.fid == "auto" and device.type == "cuda"))
+        fid = None
+
+        def evaluate():
+            """2-D data: mode metrics over 2,500 samples from the fixed z. Images: nothing extra."""
+            if not data.is_2d:
+                return {}
+            return mode_metrics(generate(G_sample, z_fixed), data.centres, data.std)
+
+        def save_samples():
+            if data.is_2d:
+                run.save_image(draw_points(generate(G_sample, z_fixed), data.centres, data.std),
+                               f"samples/step_{step:07d}.png")
+            else:
+                run.save_grid(step, generate(G_sample, z_fixed))
+
+        def checkpoint():
+            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
+                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
+
+        stop = StopSignal()
+        if step < args.steps:
+            print(f"minimal_gan ({args.loss}): {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, "
+                  f"compile {resolve_compile(args.compile, device)}, from step {step} to {args.steps}", flush=True)
+        while step < args.steps:
+            losses = train_step(G_train, D_train, opt_g, opt_d, scaler, data, args, amp_dtype)
+            if ema is not None:
+                torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
+            step += 1
+            last = step == args.steps
+            stopping = stop_requested(stop, world, device)
+            if step % args.log_every == 0 or last or stopping:
+                check_finite(losses, step)
+                run.log(step, args.steps, {**losses, **evaluate()}, args.batch_size * world)
+            if (args.sample_every and step % args.sample_every == 0) or last:
+                save_samples()
+            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
+                fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
+                if fid is not None:
+                    value = fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
+                                      args.fid_samples)
+                    run.write_metrics(step, {"fid": value})
+                    print(f"step {step}: FID {value:.2f}", flush=True)
+            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
+                check_finite(losses, step)
+                checkpoint()
+            if stopping:
+                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
+                sys.exit(0)
+        if rank == 0 and data.is_2d:
+            m = evaluate()
+            print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
+                  f"samples, reverse KL {m['reverse_kl']:.3f} (2,500 samples)")
+        if args.export and rank == 0:
+            z = lambda k: torch.randn(k, args.z_dim, device=device)
+            if data.is_2d:
+                np.save(Path(args.run_dir) / "export.npy", generate(G_sample, z(args.export)).cpu().numpy())
+                print(f"exported {args.export} points to {Path(args.run_dir) / 'export.npy'}")
+            else:
+                export_images(lambda k: generate(G_sample, z(k)), args.export, Path(args.run_dir) / "export",
+                              args.batch_size)
+        run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""SAGAN: Zhang, Goodfellow, Metaxas & Odena, "Self-Attention Generative Adversarial
+Networks", 2019 (ICML), arXiv:1805.08318.
+
+Objective (hinge loss, paper eq. 3):
+    d_loss = mean(relu(1 - D(x))) + mean(relu(1 + D(G(z))))
+    g_loss = -mean(D(G(z)))
+
+Self-attention (sec. 3), on a feature map x with C channels and N = H*W positions:
+    f(x) = W_f x, g(x) = W_g x, h(x) = W_h x      (1x1 convolutions to C/8 channels)
+    beta[j, i] = softmax_i(f(x_i)^T g(x_j))        (no 1/sqrt(d) scaling in the paper)
+    o_j = v(sum_i beta[j, i] h(x_i)),  v(x) = W_v x  (1x1 convolution back to C channels)
+    y_i = gamma * o_i + x_i,  gamma a learned scalar initialised to 0
+Both G and D have one such block, at the 32x32 feature map by default (--attn-res; the paper's
+table 1 found feat32 and feat64 best).
+
+Architecture: the ResNet G and D of Miyato et al. (SN-GAN, arXiv:1802.05957) that the paper
+builds on. G: z -> linear -> 4x4 -> up-blocks (BN, ReLU, nearest x2, 3x3 conv, BN, ReLU,
+3x3 conv; 1x1 conv shortcut) -> BN, ReLU, 3x3 conv, tanh. D: down-blocks (ReLU, 3x3 conv,
+ReLU, 3x3 conv, 2x2 average pool; 1x1 conv shortcut) to 4x4, one block without pooling,
+ReLU, sum over positions, linear. Spectral normalization (torch.nn.utils.parametrizations.
+spectral_norm, one power iteration per forward) on every conv and linear layer of G and D.
+
+Hyperparameters (sec. 5): Adam betas (0, 0.9), two timescales: lr 1e-4 for G, 4e-4 for D, one
+D step per G step; z 128-d N(0, I); batch 256 (paper), 64 here by default.
+Differences from the paper: the paper's ImageNet model is class-conditional (conditional
+BatchNorm in G, projection in D); this file is unconditional (plain BatchNorm, no projection),
+which the rest of this collection also is. Default size 64x64 instead of 128x128. PyTorch's
+default initialisation. EMA of G (--ema) is not in the paper and is off by default.
+Under bf16/fp16 autocast on CUDA, the power iteration's matrix-vector products follow
+autocast's precision; sigma is then accurate to about 1% (tests check the result on the CPU).
+"""
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.nn.utils.parametrizations import spectral_norm
+
+from common import data as datasets
+from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
+from common.fid import FID
+from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
+                        restore_rng, stop_requested)
+
+
+@dataclasses.dataclass
+class Args:
+    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
+    data_dir: str = arg("data", "where datasets and their decoded caches live")
+    image_size: int = arg(64, "training resolution, a power of two >= 16 (paper: 128)")
+    batch_size: int = arg(64, "batch size per GPU (paper: 256)")
+    steps: int = arg(20000, "generator updates to train for")
+    z_dim: int = arg(128, "dimension of z (paper: 128)")
+    width: int = arg(64, "channels at full resolution; halving the size doubles them, up to 16x (paper: 64)")
+    attn_res: int = arg(32, "feature-map size of the self-attention block in G and D (paper: best at 32 and 64; 0: none)")
+    lr_g: float = arg(1e-4, "Adam learning rate of G (paper: 1e-4, two-timescale rule)")
+    lr_d: float = arg(4e-4, "Adam learning rate of D (paper: 4e-4)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
+    beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)")
+    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
+    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
+    ema_decay: float = arg(0.999, "EMA decay per step")
+    seed: int = arg(0, "random seed")
+    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
+    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
+    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
+    run_dir: str = arg("runs/sagan", "where config, metrics, samples and checkpoint are written")
+    log_every: int = arg(100, "console and metrics line every N steps")
+    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
+    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
+    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
+    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
+    fid_samples: int = arg(10000, "generated images per FID")
+    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
+    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
+    track: bool = arg(False, "log to Weights & Biases")
+    wandb_project: str = arg("gan-reference", "wandb project")
+    wandb_entity: Optional[str] = arg(None, "wandb entity")
+    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
+
+
+def sn_conv(c_in: int, c_out: int, kernel_size: int, bias: bool = True) -> nn.Module:
+    return spectral_norm(nn.Conv2d(c_in, c_out, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.f, self.g, self.h = (sn_conv(channels, channels // 8, 1, bias=False) for _ in range(3))
+        self.v = sn_conv(channels // 8, channels, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))  # starts as the identity: local features first
+
+    def forward(self, x):
+        f, g, h = (rearrange(m(x), "b c y x -> b 1 (y x) c") for m in (self.f, self.g, self.h))
+        # position j attends with g(x_j) over keys f(x_i); scale 1: the paper's s_ij = f(x_i)^T g(x_j)
+        o = F.scaled_dot_product_attention(g, f, h, scale=1.0)
+        o = rearrange(o, "b 1 (y x) c -> b c y x", y=x.shape[2])
+        return x + self.gamma * self.v(o)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1, self.conv2 = sn_conv(c_in, c_out, 3), sn_conv(c_out, c_out, 3)
+        self.shortcut = sn_conv(c_in, c_out, 1)
+
+    def forward(self, x):
+        y = self.conv1(F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest"))
+        return self.conv2(F.relu(self.bn2(y))) + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = sn_conv(c_in, c_out, 3), sn_conv(c_out, c_out, 3)
+        self.shortcut = sn_conv(c_in, c_out, 1) if c_in != c_out or down else nn.Identity()
+        self.down, self.first = down, first
+
+    def forward(self, x):
+        y = self.conv2(F.relu(self.conv1(x if self.first else F.relu(x))))  # no ReLU on the raw image
+        s = self.shortcut(x)
+        if self.down:
+            y, s = F.avg_pool2d(y, 2), F.avg_pool2d(s, 2)
+        return y + s
+
+
+def channels_at(width: int, image_size: int, res: int) -> int:
+    return width * min(16, image_size // res)
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim: int, width: int, image_size: int, channels: int, attn_res: int):
+        super().__init__()
+        c4 = channels_at(width, image_size, 4)
+        self.fc = spectral_norm(nn.Linear(z_dim, c4 * 4 * 4))
+        blocks, res = [], 4
+        while res < image_size:
+            blocks.append(UpBlock(channels_at(width, image_size, res), channels_at(width, image_size, res * 2)))
+            res *= 2
+            if res == attn_res:
+                blocks.append(SelfAttention(channels_at(width, image_size, res)))
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), sn_conv(width, channels, 3), nn.Tanh())
+        self.c4 = c4
+
+    def forward(self, z):
+        return self.out(self.blocks(self.fc(z).view(len(z), self.c4, 4, 4)))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, width: int, image_size: int, channels: int, attn_res: int):
+        super().__init__()
+        blocks, res, c = [], image_size, channels
+        while res > 4:
+            c_out = channels_at(width, image_size, res)  # width at the first block, x2 per halving
+            blocks.append(DownBlock(c, c_out, down=True, first=res == image_size))
+            res, c = res // 2, c_out
+            if res == attn_res:
+                blocks.append(SelfAttention(c))
+        blocks.append(DownBlock(c, c, down=False))
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = spectral_norm(nn.Linear(c, 1))
+
+    def forward(self, x):
+        return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3))).flatten()  # global sum pooling
+
+
+def d_loss(real_logits, fake_logits):
+    """Hinge loss of D: mean(relu(1 - D(x))) + mean(relu(1 + D(G(z)))), in float32."""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+
+
+def g_loss(fake_logits):
+    """Hinge loss of G: -mean(D(G(z)))."""
+    return -fake_logits.float().mean()
+
+
+def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
+    """One D update on real and fake in one batch (D has no BatchNorm), then one G update."""
+    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    z = torch.randn(len(real), z_dim, device=real.device)
+    with autocast:
+        fake = G(z)
+        real_logits, fake_logits = D(torch.cat([real, fake.detach()])).chunk(2)
+        loss_d = d_loss(real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_d)
+    with autocast:
+        loss_g = g_loss(D(fake))  # D's gradients from this pass are discarded by the next zero_grad
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
+            "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float):
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):  # BatchNorm statistics and the power-iteration vectors
+        b_ema.copy_(b)
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Images from the plain G in eval mode: BatchNorm running statistics, no power iteration."""
+    G.eval()
+    images = G(z).float()
+    G.train()
+    return images
+
+
+def main():
+    args, given = parse_args(Args, __doc__.split("\n")[0])
+    with user_errors():
+        state = None
+        if args.resume:
+            state = load_checkpoint(args.resume, "sagan")
+            args = merge_resumed(args, given, state["args"])
+        if args.image_size < 16 or args.image_size & (args.image_size - 1):
+            raise UserError(f"--image-size must be a power of two >= 16, got {args.image_size}")
+        if args.attn_res and (args.attn_res not in [2 ** i for i in range(3, 16)] or args.attn_res >= args.image_size):
+            raise UserError(f"--attn-res must be 0 or a power of two from 8 to half the image size "
+                            f"({args.image_size // 2}), got {args.attn_res}")
+        if args.width < 8:
+            raise UserError(f"--width must be at least 8 (attention uses width/8 channels), got {args.width}")
+        if args.dataset in datasets.TOY_DATASETS:
+            raise UserError("sagan.py trains on images; for ring8 / grid25 use minimal_gan.py")
+        device, rank, world = init_distributed(args.device)
+        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
+        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, rank=rank, world=world)
+        channels = data.shape[0]
+        amp_dtype = resolve_amp(args.amp, device)
+
+        torch.manual_seed(args.seed)  # identical initial weights and power-iteration vectors on every rank
+        G = Generator(args.z_dim, args.width, args.image_size, channels, args.attn_res).to(device)
+        D = Discriminator(args.width, args.image_size, channels, args.attn_res).to(device)
+        ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
+        fused = device.type == "cuda"
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2), fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2), fused=fused)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        z_fixed = torch.randn(64, args.z_dim, device=device)
+        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
+        step = 0
+        if state is not None:
+            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
+            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            z_fixed, step = state["z_fixed"].to(device), state["step"]
+            restore_rng(state["rng"], rank, world)
+
+        G_train, D_train = G, D
+        if world > 1:  # per-GPU BatchNorm statistics; the power-iteration vectors follow identical weights on every rank
+            G_train = nn.parallel.DistributedDataParallel(G, broadcast_buffers=False)
+            D_train = nn.parallel.DistributedDataParallel(D, broadcast_buffers=False)
+        if resolve_compile(args.compile, device):
+            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+
+        run = Run(args, "sagan", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        G_sample = ema if ema is not None else G
+        fid = None
+        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
+
+        def score_fid():
+            nonlocal fid
+            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
+            if fid is None:
+                return None
+            return fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.fid_samples)
+
+        def checkpoint():
+            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
+                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
+
+        stop = StopSignal()
+        if step < args.steps:
+            print(f"sagan: {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, "
+                  f"compile {resolve_compile(args.compile, device)}, from step {step} to {args.steps}", flush=True)
+        while step < args.steps:
+            real, _ = data.batch(args.batch_size)
+            losses = train_step(G_train, D_train, opt_g, opt_d, scaler, real, args.z_dim, amp_dtype)
+            if ema is not None:
+                ema_update(ema, G, args.ema_decay)
+            step += 1
+            last = step == args.steps
+            stopping = stop_requested(stop, world, device)
+            if step % args.log_every == 0 or last or stopping:
+                check_finite(losses, step)
+                run.log(step, args.steps, losses, args.batch_size * world)
+            if (args.sample_every and step % args.sample_every == 0) or last:
+                run.save_grid(step, generate(G_sample, z_fixed))
+            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
+                value = score_fid()
+                if value is not None:
+                    run.write_metrics(step, {"fid": value})
+                    print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
+            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
+                check_finite(losses, step)
+                checkpoint()
+            if stopping:
+                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
+                sys.exit(0)
+        if args.export and rank == 0:
+            export_images(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.export,
+                          Path(args.run_dir) / "export", args.batch_size)
+        run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""StyleGAN2 (lite): Karras, Laine, Aittala, Hellsten, Lehtinen & Aila, "Analyzing and Improving
+the Image Quality of StyleGAN", 2020, arXiv:1912.04958.
+
+Objective (non-saturating logistic loss with lazy R1, paper sec. 3.1 and appendix B):
+    d_loss = softplus(D(G(z))) + softplus(-D(x))
+             + [every r1_every-th step] r1_every * gamma/2 * E_x ||grad_x D(x)||^2
+    g_loss = softplus(-D(G(z)))
+
+Architecture (fig. 2 and 7, config E/F): z -> pixel norm -> 8-layer mapping MLP (lr x 0.01) -> w.
+Synthesis starts from a learned 4x4 constant; each 3x3 conv is modulated by a style s = A(w) and
+demodulated, w' = s_i * w_ijk, w'' = w' / sqrt(sum_ik w'^2 + eps) (eq. 1-3), as one grouped conv
+over the batch, then per-channel-scaled noise, bias, LeakyReLU(0.2) * sqrt(2). Skip G (a 1x1 toRGB
+per resolution, upsampled and summed), residual D with minibatch stddev (group 4), equalized lr
+everywhere, style mixing (prob. 0.9, one random crossover layer), truncation at sampling
+w = w_avg + psi * (w - w_avg) with a running w_avg (beta 0.995, official code).
+Hyperparameters: Adam lr 0.002, betas (0, 0.99), eps 1e-8, batch 32; R1 every 16 D steps with D's
+lr and betas adjusted by c = 16/17 (app. B); G EMA half-life 10k images; z, w 512-d; channels
+min(16384/res, 512). R1 gamma: the paper's 10 is for 1024x1024 FFHQ; we default to StyleGAN2-ADA's
+0.0002 * res^2 / batch (6.6 at 1024, 0.026 at 64): the gradient norm grows with the pixel count.
+
+What "lite" leaves out: path-length regularization (sec. 3.2; a second double backward that helps
+PPL more than FID at small sizes, so G keeps its plain lr and betas); upfirdn's [1,3,3,1] filter (G
+upsamples bilinearly, D average-pools); fused and mixed-precision layer variants; ramp-ups. R1 joins
+every 16th D loss (one backward) instead of a separate step. Noise strength is per channel.
+"""
+import copy
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import einops
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import data as datasets
+from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
+from common.fid import FID
+from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
+                        restore_rng, stop_requested)
+
+
+@dataclasses.dataclass
+class Args:
+    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
+    data_dir: str = arg("data", "where datasets and their decoded caches live")
+    image_size: int = arg(64, "training resolution, a power of two >= 8 (paper: 256 to 1024)")
+    batch_size: int = arg(32, "batch size per GPU (paper: 32 in total)")
+    steps: int = arg(50000, "generator updates to train for (paper: 25M images, i.e. 780k steps at batch 32)")
+    z_dim: int = arg(512, "dimension of z (paper: 512)")
+    w_dim: int = arg(512, "dimension of w (paper: 512)")
+    mapping_layers: int = arg(8, "fully connected layers of the mapping network (paper: 8)")
+    mapping_lr_mul: float = arg(0.01, "learning-rate multiplier of the mapping network (paper: 0.01)")
+    channel_base: int = arg(16384, "channels at resolution r: min(channel_base / r, channel_max) (paper, config F: 16384)")
+    channel_max: int = arg(512, "most channels in any layer (paper: 512)")
+    mbstd_group: int = arg(4, "minibatch stddev group size (paper: 4; the gcd with the batch is used)")
+    lr: float = arg(0.002, "Adam learning rate for G and D (paper: 0.002)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
+    beta2: float = arg(0.99, "Adam beta2 (paper: 0.99)")
+    r1_gamma: Optional[float] = arg(None, "R1 weight gamma (default: 0.0002 * size^2 / batch, the StyleGAN2-ADA "
+                                          "heuristic; paper: 10 for FFHQ 1024x1024)")
+    r1_every: int = arg(16, "lazy R1: penalize every N D steps, scaled by N (paper: 16)")
+    mixing_prob: float = arg(0.9, "style mixing probability (paper: 0.9)")
+    truncation_psi: float = arg(1.0, "truncation psi for sample grids and --export (1: none; FID always uses 1)")
+    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
+    ema: bool = arg(True, "sample, export and score with an EMA of G's weights (paper: yes)")
+    ema_decay: Optional[float] = arg(None, "EMA decay per step (default: a half-life of 10k images as in the paper, "
+                                           "0.5 ** (batch * gpus / 10000))")
+    seed: int = arg(0, "random seed")
+    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
+    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
+    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
+    run_dir: str = arg("runs/stylegan_lite", "where config, metrics, samples and checkpoint are written")
+    log_every: int = arg(100, "console and metrics line every N steps")
+    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
+    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
+    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
+    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
+    fid_samples: int = arg(10000, "generated images per FID")
+    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
+    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
+    track: bool = arg(False, "log to Weights & Biases")
+    wandb_project: str = arg("gan-reference", "wandb project")
+    wandb_entity: Optional[str] = arg(None, "wandb entity")
+    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
+
+
+def lrelu(x):
+    return F.leaky_relu(x, 0.2) * math.sqrt(2)  # the gain keeps unit variance (paper's bias_act)
+
+
+class EqualLinear(nn.Module):
+    """Equalized learning rate: weights stored as N(0, 1/lr_mul^2), scaled by lr_mul / sqrt(fan_in) at run time."""
+
+    def __init__(self, d_in: int, d_out: int, bias_init: float = 0.0, lr_mul: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_out, d_in) / lr_mul)
+        self.bias = nn.Parameter(torch.full((d_out,), bias_init / lr_mul))
+        self.scale, self.lr_mul = lr_mul / math.sqrt(d_in), lr_mul
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+
+class EqualConv2d(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.scale = 1 / math.sqrt(c_in * kernel * kernel)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.weight.shape[-1] // 2)
+
+
+class ModulatedConv2d(nn.Module):
+    """Conv whose weights are scaled by a per-sample style and (optionally) demodulated, eq. 1-3."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, w_dim: int, demodulate: bool = True):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, c_in, bias_init=1.0)  # A: styles start at 1
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel))
+        self.scale, self.demodulate = 1 / math.sqrt(c_in * kernel * kernel), demodulate
+
+    def forward(self, x, w):
+        n, c_in, h, wd = x.shape
+        s = self.affine(w)  # (n, c_in)
+        weight = self.weight[None] * self.scale * s[:, None, :, None, None]  # w'_ijk = s_i * w_ijk
+        if self.demodulate:  # w''_ijk = w'_ijk / sqrt(sum_ik w'_ijk^2 + eps)
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        # One grouped convolution: the batch becomes groups, each sample with its own weights.
+        out = F.conv2d(x.reshape(1, n * c_in, h, wd), weight.reshape(-1, c_in, *weight.shape[3:]),
+                       padding=weight.shape[-1] // 2, groups=n)
+        return out.reshape(n, -1, h, wd)
+
+
+class StyleLayer(nn.Module):
+    """Modulated 3x3 conv (optionally after a 2x upsampling), noise, bias, activation."""
+
+    def __init__(self, c_in: int, c_out: int, w_dim: int, up: bool):
+        super().__init__()
+        self.conv = ModulatedConv2d(c_in, c_out, 3, w_dim)
+        self.noise_strength = nn.Parameter(torch.zeros(c_out))  # learned per channel, starts at 0
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.up = up
+
+    def forward(self, x, w):
+        if self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = self.conv(x, w)
+        noise = torch.randn(len(x), 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return lrelu(x + noise * self.noise_strength[:, None, None] + self.bias[:, None, None])
+
+
+class ToRGB(nn.Module):
+    def __init__(self, c_in: int, channels: int, w_dim: int):
+        super().__init__()
+        self.conv = ModulatedConv2d(c_in, channels, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x, w):
+        return self.conv(x, w) + self.bias[:, None, None]
+
+
+def channels_at(res: int, base: int, cap: int) -> int:
+    return min(base // res, cap)
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim, w_dim, mapping_layers, lr_mul, image_size, channels, base, cap, w_avg_beta=0.995):
+        super().__init__()
+        self.mapping = nn.ModuleList([EqualLinear(z_dim if i == 0 else w_dim, w_dim, lr_mul=lr_mul)
+                                      for i in range(mapping_layers)])
+        c = channels_at(4, base, cap)
+        self.const = nn.Parameter(torch.randn(c, 4, 4))
+        self.layers = nn.ModuleList([StyleLayer(c, c, w_dim, up=False)])
+        self.to_rgb = nn.ModuleList([ToRGB(c, channels, w_dim)])
+        for k in range(3, int(math.log2(image_size)) + 1):
+            c_out = channels_at(2 ** k, base, cap)
+            self.layers.extend([StyleLayer(c, c_out, w_dim, up=True), StyleLayer(c_out, c_out, w_dim, up=False)])
+            self.to_rgb.append(ToRGB(c_out, channels, w_dim))
+            c = c_out
+        self.num_ws = len(self.layers) + 1  # each toRGB shares its w with the next block's first conv
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.w_avg_beta = w_avg_beta
+
+    def map(self, z):
+        x = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)  # pixel norm of z
+        for fc in self.mapping:
+            x = lrelu(fc(x))
+        return x
+
+    def synthesis(self, ws):
+        """ws: (n, num_ws, w_dim), one w per layer."""
+        x = self.const.expand(len(ws), -1, -1, -1)
+        x = self.layers[0](x, ws[:, 0])
+        image = self.to_rgb[0](x, ws[:, 1])
+        for i in range(1, len(self.to_rgb)):
+            x = self.layers[2 * i - 1](x, ws[:, 2 * i - 1])
+            x = self.layers[2 * i](x, ws[:, 2 * i])
+            image = F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
+            image = image + self.to_rgb[i](x, ws[:, 2 * i + 1])
+        return image
+
+    def forward(self, z, z_mix=None, mixing_prob: float = 0.0, psi: float = 1.0):
+        w = self.map(z)
+        if self.training:  # running mean of w for the truncation trick
+            self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        if psi != 1.0:
+            w = self.w_avg.to(w.dtype).lerp(w, psi)
+        ws = mix_styles(w, self.map(z_mix) if z_mix is not None else w, self.num_ws, mixing_prob)
+        return self.synthesis(ws)
+
+
+def mix_styles(w1, w2, num_ws: int, mixing_prob: float):
+    """(n, num_ws, w_dim): w1 up to a random crossover layer, w2 after it, with probability mixing_prob."""
+    cutoff = torch.randint(1, num_ws, (), device=w1.device)
+    mix = torch.rand((), device=w1.device) < mixing_prob
+    use_w2 = mix & (torch.arange(num_ws, device=w1.device) >= cutoff)  # tensors only: no host sync, compiles
+    return torch.where(use_w2[None, :, None], w2[:, None], w1[:, None])
+
+
+class DBlock(nn.Module):
+    """Residual block: two 3x3 convs and a 2x downsampling, plus a 1x1 skip, summed with 1/sqrt(2)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv0, self.conv1 = EqualConv2d(c_in, c_in, 3), EqualConv2d(c_in, c_out, 3)
+        self.skip = EqualConv2d(c_in, c_out, 1, bias=False)
+
+    def forward(self, x):
+        skip = self.skip(F.avg_pool2d(x, 2))
+        x = F.avg_pool2d(lrelu(self.conv1(lrelu(self.conv0(x)))), 2)
+        return (x + skip) / math.sqrt(2)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, image_size, channels, base, cap, mbstd_group):
+        super().__init__()
+        c = channels_at(image_size, base, cap)
+        self.from_rgb = EqualConv2d(channels, c, 1)
+        blocks = []
+        for k in range(int(math.log2(image_size)), 2, -1):
+            c_out = channels_at(2 ** (k - 1), base, cap)
+            blocks.append(DBlock(c, c_out))
+            c = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.conv = EqualConv2d(c + 1, c, 3)
+        self.fc, self.out = EqualLinear(c * 16, c), EqualLinear(c, 1)
+        self.mbstd_group = mbstd_group
+
+    def minibatch_stddev(self, x):
+        """Append the mean over features of the stddev across groups of samples (ProGAN sec. 3)."""
+        g = math.gcd(self.mbstd_group, len(x))  # a group size that divides the batch
+        y = einops.rearrange(x.float(), "(g m) c h w -> g m c h w", g=g)
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (m,)
+        std = einops.repeat(std, "m -> (g m) 1 h w", g=g, h=x.shape[2], w=x.shape[3])
+        return torch.cat([x, std.to(x.dtype)], dim=1)
+
+    def forward(self, x):
+        x = self.blocks(lrelu(self.from_rgb(x)))
+        x = lrelu(self.conv(self.minibatch_stddev(x)))
+        return self.out(lrelu(self.fc(x.flatten(1)))).flatten()  # one logit per image
+
+
+def d_loss(real_logits, fake_logits):
+    """softplus(D(G(z))) + softplus(-D(x)), in float32."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def g_loss(fake_logits):
+    """Non-saturating generator loss softplus(-D(G(z)))."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits, real, loss_scale: float = 1.0):
+    """E_x ||grad_x D(x)||^2. Under fp16, grad of the scaled logits, unscaled (PyTorch AMP gradient-penalty recipe)."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum() * loss_scale, real, create_graph=True)
+    return (grad.float() / loss_scale).pow(2).flatten(1).sum(1).mean()
+
+
+def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, args, r1_gamma, do_r1, amp_dtype):
+    """One D update (with lazy R1 when do_r1), then one G update. Returns detached losses."""
+    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    z, z_mix = torch.randn(2, len(real), args.z_dim, device=real.device)
+    with autocast:
+        fake = G(z, z_mix, args.mixing_prob)
+        real_logits, fake_logits = D(real), D(fake.detach())
+        loss_d = d_loss(real_logits, fake_logits)
+    r1 = None
+    if do_r1:
+        # Double backward does not compile (PyTorch #91469): R1 runs through the plain D. Under DDP its
+        # gradients reach the same parameters in this one backward, where DDP's hooks all-reduce the sum.
+        real_r1 = real.detach().requires_grad_(True)
+        with autocast:
+            logits_r1 = D_plain(real_r1)
+        r1 = r1_penalty(logits_r1, real_r1, scaler.get_scale() if scaler.is_enabled() else 1.0)
+        loss_d = loss_d + r1_gamma / 2 * r1 * args.r1_every  # lazy: scaled by the interval
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_d)
+    with autocast:
+        loss_g = g_loss(D(fake))  # D's gradients from this pass are discarded by the next zero_grad
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    losses = {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
+              "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
+    if r1 is not None:
+        losses["r1"] = r1.detach()
+    return losses
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float):
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)  # w_avg
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+    """Images from the plain (uncompiled) G in eval mode (w_avg frozen), no style mixing."""
+    G.eval()
+    images = G(z, psi=psi).float()
+    G.train()
+    return images
+
+
+def main():
+    args, given = parse_args(Args, __doc__.split("\n")[0])
+    with user_errors():
+        state = None
+        if args.resume:
+            state = load_checkpoint(args.resume, "stylegan_lite")
+            args = merge_resumed(args, given, state["args"])
+        if args.image_size < 8 or args.image_size & (args.image_size - 1):
+            raise UserError(f"--image-size must be a power of two >= 8, got {args.image_size}")
+        if args.dataset in datasets.TOY_DATASETS:
+            raise UserError("stylegan_lite.py trains on images; for ring8 / grid25 use minimal_gan.py")
+        if args.channel_base < args.image_size or args.channel_max < 1:
+            raise UserError(f"--channel-base ({args.channel_base}) must be >= --image-size ({args.image_size}) and "
+                            f"--channel-max >= 1, so every resolution has at least one channel")
+        for name in ("w_dim", "mapping_layers", "r1_every", "mbstd_group"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        if not 0 <= args.mixing_prob <= 1:
+            raise UserError(f"--mixing-prob must be in [0, 1], got {args.mixing_prob}")
+        device, rank, world = init_distributed(args.device)
+        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
+        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, rank=rank, world=world)
+        channels = data.shape[0]
+        amp_dtype = resolve_amp(args.amp, device)
+        total_batch = args.batch_size * world
+        r1_gamma = args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / total_batch
+        ema_decay = args.ema_decay if args.ema_decay is not None else 0.5 ** (total_batch / 10000)
+
+        torch.manual_seed(args.seed)  # identical initial weights on every rank
+        G = Generator(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lr_mul, args.image_size, channels,
+                      args.channel_base, args.channel_max).to(device)
+        D = Discriminator(args.image_size, channels, args.channel_base, args.channel_max, args.mbstd_group).to(device)
+        ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
+        fused = device.type == "cuda"
+        c = args.r1_every / (args.r1_every + 1)  # lazy regularization: D's lr and betas adjusted (appendix B)
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(args.beta1 ** c, args.beta2 ** c), eps=1e-8,
+                                 fused=fused)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        z_fixed = torch.randn(64, args.z_dim, device=device)
+        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches, z and noise
+        step, r1_last = 0, torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
+        if state is not None:
+            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
+            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            z_fixed, step, r1_last = state["z_fixed"].to(device), state["step"], state["r1_last"].to(device)
+            restore_rng(state["rng"], rank, world)
+
+        G_train, D_train = G, D
+        if world > 1:  # each rank tracks its own w_avg (rank 0's is saved); also avoids PyTorch #175024
+            G_train = nn.parallel.DistributedDataParallel(G, broadcast_buffers=False)
+            D_train = nn.parallel.DistributedDataParallel(D, broadcast_buffers=False)
+        if resolve_compile(args.compile, device):
+            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+
+        run = Run(args, "stylegan_lite", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        G_sample = ema if ema is not None else G
+        fid = None
+        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
+
+        def score_fid():
+            nonlocal fid
+            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
+            if fid is None:
+                return None
+            return fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.fid_samples)
+
+        def checkpoint():
+            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
+                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "r1_last": r1_last,
+                                 "rng": all_rng_states(world)})
+
+        stop = StopSignal()
+        if step < args.steps:
+            print(f"stylegan_lite: {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, compile "
+                  f"{resolve_compile(args.compile, device)}, R1 gamma {r1_gamma:.4g}, EMA decay {ema_decay:.5f}, "
+                  f"from step {step} to {args.steps}", flush=True)
+        while step < args.steps:
+            real, _ = data.batch(args.batch_size)
+            losses = train_step(G_train, D_train, D, opt_g, opt_d, scaler, real, args, r1_gamma,
+                                step % args.r1_every == 0, amp_dtype)
+            r1_last = losses.pop("r1", r1_last)
+            if ema is not None:
+                ema_update(ema, G, ema_decay)
+            step += 1
+            last = step == args.steps
+            stopping = stop_requested(stop, world, device)
+            if step % args.log_every == 0 or last or stopping:
+                check_finite(losses, step)
+                run.log(step, args.steps, {**losses, "r1": r1_last}, total_batch)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                # Sampling draws z and noise; forked, so the training RNG stream (and a resumed run) ignores it.
+                if (args.sample_every and step % args.sample_every == 0) or last:
+                    run.save_grid(step, generate(G_sample, z_fixed, args.truncation_psi))
+                if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
+                    value = score_fid()
+                    if value is not None:
+                        run.write_metrics(step, {"fid": value})
+                        print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
+            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
+                check_finite(losses, step)
+                checkpoint()
+            if stopping:
+                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
+                sys.exit(0)
+        if args.export and rank == 0:
+            export_images(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), args.truncation_psi),
+                          args.export, Path(args.run_dir) / "export", args.batch_size)
+        run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The speed benchmark end to end on the CPU: one tiny dcgan config, eager."""
+import math
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmark_writes_a_table_of_finite_numbers(tmp_path):
+    out = tmp_path / "results.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--device", "cpu", "--scripts", "dcgan:eager",
+                           "--warmup", "1", "--steps", "1", "--images", "16", "--out", str(out),
+                           "--script-args", "--image-size 32 --batch-size 8 --width 8 --z-dim 16"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = out.read_text()
+    assert "Command: `python -m benchmarks.bench --device cpu" in text and "torch " in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:10]]
+            for line in text.splitlines() if line.startswith("| dcgan.py") or line.startswith("| plain loop")}
+    assert set(rows) == {"dcgan.py"}
+    for cells in rows.values():  # img/s, per CPU-s, peak MiB, to first log, beyond steady, outside share
+        numbers = [float(re.match(r"-?[\d.]+", c).group()) for c in cells]
+        assert all(math.isfinite(x) for x in numbers), cells
+        assert numbers[0] > 0 and numbers[1] > 0 and numbers[2] > 100 and numbers[3] > 0 and 0 <= numbers[5] < 100, cells
+    assert "dcgan.py eager vs the plain loop: not measured" in text
+    assert "GPU: compiled + bf16 dcgan.py >= 3x the plain loop" in text and "not measured" in text

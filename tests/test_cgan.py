@@ -1,0 +1,128 @@
+import importlib
+import json
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import assert_same_weights, load_pngs, nn_distance, resumed_and_straight, run_script
+
+cgan = importlib.import_module("cgan")
+TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
+LEARN_STEPS, MIN_ACCURACY = 300, 0.6  # calibrated: accuracy 0.33 after 150 steps, 0.90 after 300 (chance: 0.1)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_writes_every_file_and_a_grid_row_per_class(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "4", "--sample-every", "2",
+               "--ckpt-every", "2", "--run-dir", run)
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in rows)
+    assert (run / "samples" / "step_0000002.png").exists()
+    grid = Image.open(run / "samples" / "step_0000004.png")
+    assert grid.size == (8 * 34 + 2, 10 * 34 + 2)  # 8 columns x 10 class rows of 32x32 images, 2 px padding
+    config = json.loads((run / "config.json").read_text())
+    assert config["script"] == "cgan" and config["image_size"] == 32
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["script"] == "cgan" and ckpt["z_fixed"].shape == (8, 100)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
+
+
+def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
+    ca, cb = resumed_and_straight("cgan.py", [*TINY, "--data-dir", mnist_dir, "--ema"], tmp_path)
+    assert_same_weights(ca, cb, ("G", "D", "ema"))
+
+
+def test_export_is_class_balanced_with_class_prefixed_names(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--batch-size", "8", "--run-dir", run,
+               "--export", "25")
+    names = sorted(p.name for p in (run / "export").glob("*.png"))
+    assert len(names) == 25 and load_pngs(run / "export").shape == (25, 1, 32, 32)
+    assert all(n.split("_")[0].isdigit() and len(n.split("_")[1]) == len("000042.png") for n in names), names
+    counts = Counter(int(n.split("_")[0]) for n in names)
+    assert sorted(counts) == list(range(10)) and max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_unlabelled_datasets_are_refused(folder_dataset, tmp_path):
+    from conftest import write_celeba, write_image_folder
+    flat = tmp_path / "flat"
+    write_image_folder(tmp_path / "tmp", classes=("only",), per_class=3)
+    (tmp_path / "tmp" / "only").rename(flat)  # images directly in the folder: no classes
+    cases = [["--dataset", "celeba", "--data-dir", write_celeba(tmp_path / "c", n=2)],
+             ["--dataset", flat, "--data-dir", tmp_path / "d"], ["--dataset", "ring8"]]
+    for case in cases:
+        proc = run_script("cgan.py", *case, "--image-size", "32", "--run-dir", tmp_path / "r", check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(lines) == 1 and ("no labels" in lines[0] or "labelled" in lines[0]), proc.stderr
+        assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    run_script("cgan.py", "--dataset", folder_dataset, "--data-dir", tmp_path / "d", "--image-size", "32",
+               "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "pets")
+    assert Image.open(tmp_path / "pets" / "samples" / "step_0000001.png").size[1] == 2 * 34 + 2  # 2 classes
+
+
+def test_losses_match_formulas():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    d = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - torch.sigmoid(fake)).mean())
+    g = -torch.log(torch.sigmoid(fake)).mean()
+    assert torch.allclose(cgan.d_loss(real, fake), d) and torch.allclose(cgan.g_loss(fake), g)
+    assert cgan.d_loss(real.bfloat16(), fake.bfloat16()).dtype == torch.float32
+
+
+def test_both_players_see_the_label():
+    torch.manual_seed(0)
+    G, D = cgan.Generator(16, 10, 8, 8, 32, 1).eval(), cgan.Discriminator(10, 8, 32, 1).eval()
+    z = torch.randn(1, 16).repeat(2, 1)
+    y = torch.tensor([3, 7])
+    x = G(z, y)
+    assert x.shape == (2, 1, 32, 32) and not torch.allclose(x[0], x[1])
+    same = x[:1].repeat(2, 1, 1, 1)
+    assert D(same, y).shape == (2,) and not torch.allclose(*D(same, y))
+
+
+def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
+    run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
+    for bad in (["--image-size", "48"], ["--embed-dim", "0"]):
+        proc = run_script("cgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_compile(mnist_dir, tmp_path):
+    out = run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--compile", "--run-dir",
+                     tmp_path / "r").stdout
+    assert "compile True" in out
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
+
+
+@pytest.mark.slow
+def test_generates_the_requested_digit(mnist_dir, tmp_path):
+    """The nearest training image of a sample drawn for class k has label k (the label is the square's position)."""
+    from conftest import digit_images
+    images, labels = digit_images(200, seed=len("train"))  # the training split conftest's mnist_dir holds
+    real = F.interpolate(torch.from_numpy(images).float().unsqueeze(1) / 127.5 - 1, size=32, mode="bilinear",
+                         antialias=True)
+    labels = torch.from_numpy(labels.astype("int64"))
+    args = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32", "--width", "16",
+            "--batch-size", "32", "--log-every", "100", "--export", "100", "--seed", "1"]
+    result = {}
+    for name, steps in (("untrained", 0), ("trained", LEARN_STEPS)):
+        run_script("cgan.py", *args, "--steps", steps, "--run-dir", tmp_path / name)
+        files = sorted((tmp_path / name / "export").glob("*.png"))
+        wanted = torch.tensor([int(p.name.split("_")[0]) for p in files])
+        fake = load_pngs(tmp_path / name / "export")
+        nearest = torch.cdist(fake.flatten(1), real.flatten(1)).argmin(1)
+        result[name] = ((labels[nearest] == wanted).float().mean().item(), nn_distance(fake, real))
+    print(f"label accuracy / nn distance: untrained {result['untrained']}, trained {result['trained']}")
+    assert result["trained"][0] >= MIN_ACCURACY > 2 * result["untrained"][0], result
+    assert result["trained"][1] < 0.25 * result["untrained"][1], result

@@ -1,0 +1,190 @@
+"""common/: datasets in their real layouts, checkpoints, logging, FID (parity with pytorch-fid)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import data, fid, log
+from common.cli import UserError
+from conftest import ROOT, digit_images, write_celeba, write_cifar10, write_image_folder, write_mnist
+
+CPU = torch.device("cpu")
+
+
+def test_mnist_idx_files_load_resized_with_labels(mnist_dir):
+    ds = data.load("mnist", str(mnist_dir), 32, CPU)
+    images, labels = digit_images(200, seed=len("train"))
+    assert ds.images.shape == (200, 1, 32, 32) and ds.images.dtype == torch.uint8
+    assert torch.equal(ds.labels, torch.from_numpy(labels).long()) and ds.num_classes == 10
+    x, y = ds.batch(8)
+    assert x.shape == (8, 1, 32, 32) and x.min() >= -1 and x.max() <= 1 and y.shape == (8,)
+    assert (mnist_dir / "cache" / "mnist_32.pt").exists()
+
+
+def test_fashion_mnist_layout(tmp_path):
+    write_mnist(tmp_path, name="FashionMNIST", n=30)
+    assert data.load("fashion_mnist", str(tmp_path), 28, CPU).images.shape == (30, 1, 28, 28)
+
+
+def test_cifar10_pickles_are_read_without_md5(tmp_path):
+    ds = data.load("cifar10", str(write_cifar10(tmp_path)), 32, CPU)
+    assert ds.images.shape == (50, 3, 32, 32) and ds.num_classes == 10 and ds.labels is not None
+
+
+def test_celeba_centre_crop_and_cache(tmp_path):
+    ds = data.load("celeba", str(write_celeba(tmp_path, n=5)), 16, CPU)
+    assert ds.images.shape == (5, 3, 16, 16) and ds.labels is None
+    for f in (tmp_path / "celeba" / "img_align_celeba").glob("*.jpg"):
+        f.unlink()  # a second load reads the cache alone
+    assert data.load("celeba", str(tmp_path), 16, CPU).images.shape == (5, 3, 16, 16)
+
+
+def test_folder_classes_are_first_subfolders(tmp_path):
+    root = write_image_folder(tmp_path / "pets", classes=("cats", "dogs"), per_class=3)
+    (root / "dogs" / "puppies").mkdir()
+    write_image_folder(root / "dogs" / "puppies", classes=("x",), per_class=2)  # nested: still 'dogs'
+    ds = data.load(str(root), str(tmp_path / "d"), 8, CPU, need_labels=True)
+    assert ds.classes == ["cats", "dogs"] and ds.labels.tolist().count(1) == 5
+
+
+def test_folder_without_classes_refuses_conditional(tmp_path):
+    root = tmp_path / "flat"
+    write_image_folder(tmp_path, classes=("flat",), per_class=3)
+    assert data.load(str(root), str(tmp_path / "d"), 8, CPU).labels is None
+    with pytest.raises(UserError, match="no labels"):
+        data.load(str(root), str(tmp_path / "d"), 8, CPU, need_labels=True)
+
+
+@pytest.mark.parametrize("case", ["unknown", "empty", "corrupt", "no_download"])
+def test_bad_datasets_give_one_clear_error(tmp_path, case):
+    if case == "unknown":
+        name, match = "imagenet9", "unknown dataset"
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        name, match = str(tmp_path / "empty"), "holds no images"
+    elif case == "corrupt":
+        root = write_image_folder(tmp_path / "f", per_class=2)
+        (root / "cats" / "broken.png").write_bytes(b"not a png")
+        name, match = str(root), "1 of 5 images could not be read.*broken.png"
+    else:
+        name, match = "cifar10", "could not be downloaded"
+    with pytest.raises(UserError, match=match):
+        data.load(name, str(tmp_path / "d"), 8, CPU)
+
+
+def test_toy_sets_match_their_definitions():
+    ring, grid = data.load("ring8", "unused", 0, CPU), data.load("grid25", "unused", 0, CPU)
+    assert torch.allclose(ring.centres.norm(dim=1), torch.full((8,), 2.0)) and ring.std == 0.02
+    assert sorted(set(grid.centres[:, 0].tolist())) == [-4, -2, 0, 2, 4] and grid.std == 0.05
+    x, k = grid.batch(4000)
+    assert (x - grid.centres[k]).std().item() == pytest.approx(0.05, rel=0.1)
+
+
+def test_flip_is_per_image(tmp_path):
+    ds = data.load("mnist", str(write_mnist(tmp_path, n=20)), 28, CPU, flip=True)
+    ds.images, ds.labels = ds.images[:1].expand(256, -1, -1, -1), None
+    x, _ = ds.batch(256)
+    flipped = (x == x[:1].flip(3)).flatten(1).all(1).float().mean().item()
+    assert 0.3 < flipped < 0.7
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    log.save_checkpoint(path, {"step": 1})
+    original_save = torch.save
+
+    def dies_halfway(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(UserError, match="No space left on device"):
+        log.save_checkpoint(path, {"step": 2})
+    monkeypatch.setattr(torch, "save", original_save)
+    assert torch.load(path)["step"] == 1 and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write to the run directory"):
+        log.Run(type("A", (), {})(), "x", str(blocker / "run"), resumed=False)
+
+
+def test_frechet_distance_matches_scipy():
+    from scipy import linalg
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 64)), rng.normal(size=(400, 64)) * 1.3 + 0.2
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-8)
+
+
+def test_quantize_equals_png_round_trip(tmp_path):
+    from PIL import Image
+    from torchvision.utils import save_image
+    x = torch.rand(3, 8, 8) * 2.2 - 1.1
+    save_image((x.clamp(-1, 1) + 1) / 2, tmp_path / "a.png")
+    png = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png"))).permute(2, 0, 1)
+    assert torch.equal(log.quantize(x), png)
+
+
+def random_fid_weights(path: Path):
+    """Seeded random weights with He-initialised convolutions and BatchNorm statistics from a forward
+    pass, so that features depend on the input (plain random weights give near-constant features)."""
+    torch.manual_seed(0)
+    net = fid.FIDInception()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the forward pass
+    with torch.no_grad():
+        net.train()(torch.rand(6, 3, 64, 64))
+        for name, p in net.named_parameters():  # small features keep scipy's sqrtm (in pytorch-fid) well inside
+            if name.startswith("Mixed_7c") and ".bn." in name:  # its 1e-3 tolerance on imaginary parts
+                p.mul_(0.01)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_state_dict_keys_match_the_fid_network():
+    import torchvision
+    reference = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    ours = fid.FIDInception().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_fid_parity_with_pytorch_fid(tmp_path):
+    """Same weights file, same two folders: common.fid and pytorch-fid agree within 1e-3 relative."""
+    from PIL import Image
+    torch_home = tmp_path / "torch_home"
+    weights = random_fid_weights(torch_home / "hub" / "checkpoints" / fid.WEIGHTS_URL.rsplit("/", 1)[1])
+    rng = np.random.default_rng(0)
+    for name, shift in (("a", 0), ("b", 60)):
+        (tmp_path / name).mkdir()
+        for i in range(24):
+            img = np.clip(rng.normal(120 + shift, 50, (32, 32, 3)), 0, 255).astype(np.uint8)
+            img[: 8 + i % 16] //= 2  # structure that varies across images
+            Image.fromarray(img).save(tmp_path / name / f"{i:03d}.png")
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    theirs = subprocess.run([sys.executable, "-m", "pytorch_fid", str(tmp_path / "a"), str(tmp_path / "b"),
+                             "--device", "cpu", "--batch-size", "12", "--num-workers", "0"],
+                            env=env, capture_output=True, text=True)
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-m", "common.fid", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--weights", str(weights), "--device", "cpu", "--batch-size", "12"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    fid_theirs, fid_ours = (float(p.stdout.strip().rsplit("FID:", 1)[1]) for p in (theirs, ours))
+    print(f"pytorch-fid {fid_theirs}, common.fid {fid_ours}")
+    assert fid_ours > 0 and fid_ours == pytest.approx(fid_theirs, rel=1e-3)

@@ -1,0 +1,268 @@
+"""Many GPUs and a run that survives: DDP under torchrun (gloo on the CPU), SIGTERM and --resume,
+divergence, an unwritable run directory, and bad input as a new user would type it.
+
+Every subprocess runs with OMP_NUM_THREADS=1 (several torch processes share two cores here)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script, write_image_folder
+
+ENV = {"OMP_NUM_THREADS": "1"}
+PROBE = "tests/ddp_probe.py"
+SCRIPTS = ["minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite"]
+_DC = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16"]
+TINY = {  # the smallest settings each script's own tests use
+    "minimal_gan": ["--dataset", "ring8", "--batch-size", "16", "--hidden", "16", "--layers", "1", "--maxout", "2"],
+    "dcgan": _DC, "cgan": _DC, "lsgan": _DC, "wgan_gp": _DC, "wgan": _DC + ["--no-critic-burst"],
+    "began": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8", "--batch-size", "8"],
+    "progan": ["--dataset", "mnist", "--image-size", "16", "--max-channels", "16", "--z-dim", "16", "--batch-size", "8",
+               "--kimg-per-phase", "0.032"],
+    "sagan": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
+              "--batch-size", "8"],
+    "stylegan_lite": ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "16", "--w-dim", "16",
+                      "--mapping-layers", "2", "--channel-base", "128", "--channel-max", "16"],
+}
+# Buffers each rank keeps for itself under DDP (the headers: per-GPU BatchNorm statistics; StyleGAN's
+# running mean of w, as in the official code). Every parameter and every other buffer must match.
+PER_RANK = ("running_mean", "running_var", "w_avg")
+
+
+def tiny(script, data_dir, *extra):
+    return [*TINY[script], "--data-dir", data_dir, "--sample-every", "0", *extra]
+
+
+def run(script, *args, check=True, timeout=300):
+    return run_script(f"{script}.py", *args, env=ENV, check=check, timeout=timeout)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_user_error(proc, *needles):
+    """Exit 2, no traceback, exactly one error line, naming every needle."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def assert_same_weights(a, b, keys=("G", "D", "ema"), skip=()):
+    for key in keys:
+        if a.get(key) is None and b.get(key) is None:
+            continue
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            if not name.endswith(skip):
+                assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+
+
+# ---------------------------------------------------------------------------------------------- 1. DDP
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
+    steps = 5 if script == "progan" else 3  # progan: 2 steps per phase here, so it also grows 4x4 -> 8x8 under DDP
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", PROBE, f"{script}.py",
+           *tiny(script, mnist_dir, "--steps", steps, "--log-every", "1", "--run-dir", out)]
+    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **ENV, "PROBE_RANK_STATES": "1", "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [load(out / f"rank_{r}.pt") for r in (0, 1)]
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["step"] == ranks[0]["step"] == ranks[1]["step"] == steps
+    assert_same_weights(ranks[0], ckpt, keys=("G", "D"))  # the probe saw what rank 0 saved
+    assert_same_weights(ranks[0], ranks[1], keys=("G", "D"), skip=PER_RANK)
+    assert all(v.isfinite().all() for k in ("G", "D") for v in ckpt[k].values() if v.is_floating_point())
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))  # rank 0 logs, once per step
+    assert len(ckpt["rng"]) == 2  # every rank's RNG state, for a DDP resume
+
+
+# --------------------------------------------------------------------------------------- 2. Preemption
+
+def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300):
+    """Start a long run, SIGTERM it once metrics.jsonl has a step, wait for it to exit."""
+    out, err = open(tmp_path / "stdout.txt", "w+"), open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, f"{script}.py", *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
+                            env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + timeout
+    try:
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert proc.poll() is None, f"{script} ended before it was signalled"
+            assert time.time() < deadline, "no step logged in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out.seek(0), err.seek(0)
+    return proc.returncode, out.read(), err.read()
+
+
+@pytest.mark.parametrize("script", ["dcgan", "wgan_gp", "progan"])
+def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path):
+    args = tiny(script, mnist_dir, "--log-every", "1", "--ckpt-every", "0")
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    rc, out, err = run_until_sigterm(script, [*args, "--steps", "100000", "--run-dir", stopped], stopped, tmp_path)
+    step = load(stopped / "checkpoint.pt")["step"]
+    assert rc == 0 and "SIGTERM received" in err and f"stopped by SIGTERM at step {step}" in out, out + err
+    assert 1 <= step < 100000
+    end = step + 3  # progan: 2 steps per phase, so the resumed part crosses a phase boundary
+    resumed = run(script, "--resume", stopped, "--steps", end).stdout
+    assert f"from step {step} to {end}" in resumed
+    run(script, *args, "--steps", end, "--run-dir", whole)
+    a, b = load(whole / "checkpoint.pt"), load(stopped / "checkpoint.pt")
+    assert a["step"] == b["step"] == end
+    assert_same_weights(a, b)  # bit-exact on the CPU: same seed, same RNG stream, same order of operations
+
+
+# --------------------------------------------------------------------------------------- 3. Divergence
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_nan_loss_stops_with_status_2_and_keeps_last_good_checkpoint(script, mnist_dir, tmp_path):
+    """g_loss turns NaN at step 5 (the probe); checks every step find it there; the step-4 checkpoint stays."""
+    out = tmp_path / "run"
+    proc = run_script(PROBE, script + ".py", *tiny(script, mnist_dir, "--steps", "8", "--log-every", "1",
+                      "--ckpt-every", "2", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "5"}, check=False)
+    assert_user_error(proc, "g_loss is nan", "at step 5", "diverged")
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["step"] == 4 and ckpt["script"] == script
+    for key in ("G", "D"):
+        assert all(v.isfinite().all() for v in ckpt[key].values() if v.is_floating_point()), key
+    assert not list(out.glob("*.tmp"))
+
+
+def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnist_dir, tmp_path):
+    """Losses are not read between log steps; the check before each checkpoint still keeps NaN out of it."""
+    out = tmp_path / "run"
+    proc = run_script(PROBE, "dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "9", "--log-every", "100",
+                      "--ckpt-every", "3", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "4"}, check=False)
+    assert_user_error(proc, "at step 6")
+    assert load(out / "checkpoint.pt")["step"] == 3
+    assert "from step 3 to 5" in run("dcgan", "--resume", out, "--steps", "5").stdout  # without the NaN it trains on
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["step"] == 5 and all(v.isfinite().all() for v in ckpt["G"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ 4. Unwritable run dir
+
+@pytest.mark.parametrize("script", ["minimal_gan", "dcgan", "progan"])  # one Run class: three suffice
+def test_run_dir_under_a_file_is_a_clear_error(script, mnist_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run(script, *tiny(script, mnist_dir, "--steps", "1", "--run-dir", blocker / "run"), check=False)
+    assert_user_error(proc, "cannot write to the run directory", str(blocker / "run"))
+
+
+# ------------------------------------------------------------------------------------- 5. Bad input
+
+@pytest.mark.parametrize("script", ["minimal_gan", "wgan", "stylegan_lite"])
+def test_wrong_type_is_a_usage_error(script, tmp_path):
+    proc = run(script, "--steps", "abc", "--run-dir", tmp_path / "r", check=False)
+    assert_user_error(proc, "--steps", "invalid int value: 'abc'")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("script", ["dcgan", "began", "progan", "sagan", "stylegan_lite"])  # each has its own rule
+def test_image_size_not_a_power_of_two(script, mnist_dir, tmp_path):
+    proc = run(script, *tiny(script, mnist_dir, "--image-size", "48", "--run-dir", tmp_path / "r"), check=False)
+    assert_user_error(proc, "--image-size", "power of two", "48")
+
+
+@pytest.mark.parametrize("script, batch", [("progan", "0"), ("stylegan_lite", "-4")])
+def test_batch_size_below_one(script, batch, mnist_dir, tmp_path):
+    proc = run(script, *tiny(script, mnist_dir, "--batch-size", batch, "--run-dir", tmp_path / "r"), check=False)
+    assert_user_error(proc, "--batch-size must be at least 1", batch)
+
+
+@pytest.mark.parametrize("script", ["minimal_gan", "progan"])
+def test_log_every_zero(script, mnist_dir, tmp_path):
+    """--log-every 0 passes the argument check (0 is allowed for the *_every flags), then `step % 0`."""
+    proc = run(script, *tiny(script, mnist_dir, "--steps", "2", "--log-every", "0", "--run-dir", tmp_path / "r"),
+               check=False)
+    assert_user_error(proc, "--log-every")
+
+
+@pytest.mark.parametrize("script, flag, value", [("dcgan", "--lr", "-1"), ("sagan", "--lr-d", "0"),
+                                                  ("wgan_gp", "--beta2", "1.5"), ("dcgan", "--width", "0")])
+def test_impossible_optimiser_or_width_values(script, flag, value, mnist_dir, tmp_path):
+    """Adam / RMSprop reject these with a ValueError, a zero-width convolution with a oneDNN error: say it first."""
+    proc = run(script, *tiny(script, mnist_dir, "--steps", "1", flag, value, "--run-dir", tmp_path / "r"), check=False)
+    assert_user_error(proc, flag)
+
+
+def test_corrupt_image_in_a_folder_is_named(tmp_path):
+    folder = write_image_folder(tmp_path / "pets", per_class=4)
+    (folder / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    good = (folder / "dogs" / "000.png").read_bytes()
+    (folder / "dogs" / "cut.png").write_bytes(good[:len(good) // 2])  # a half-copied file
+    proc = run("dcgan", "--dataset", folder, "--data-dir", tmp_path / "d", "--image-size", "32", "--width", "8",
+               "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r", check=False)
+    line = assert_user_error(proc, "2 of 10 images could not be read", str(folder / "cats" / "broken.png"),
+                             str(folder / "dogs" / "cut.png"))
+    assert "remove or fix them" in line
+    assert not list((tmp_path / "d").glob("cache/*.pt"))  # nothing half-read is cached
+
+
+@pytest.fixture(scope="module")
+def short_runs(tmp_path_factory, mnist_dir):
+    """One-step runs, made on first use: script -> run directory."""
+    made = {}
+
+    def get(script):
+        if script not in made:
+            made[script] = tmp_path_factory.mktemp(script)
+            run(script, *tiny(script, mnist_dir, "--steps", "1", "--run-dir", made[script]))
+        return made[script]
+    return get
+
+
+@pytest.mark.parametrize("script", ["minimal_gan", "dcgan", "wgan", "stylegan_lite"])
+def test_resume_a_run_of_another_script(script, short_runs):
+    other = "dcgan" if script != "dcgan" else "minimal_gan"
+    proc = run(script, "--resume", short_runs(other), check=False)
+    assert_user_error(proc, f"made by {other}, not {script}")
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("minimal_gan", "--loss", "minimax"), ("wgan_gp", "--gp-lambda", "5"), ("progan", "--max-channels", "32"),
+    ("dcgan", "--dataset", "cifar10")])
+def test_resume_with_incompatible_settings(script, flag, value, short_runs):
+    run_dir = short_runs(script)
+    proc = run(script, "--resume", run_dir, "--steps", "2", flag, value, check=False)
+    assert_user_error(proc, "cannot resume with different settings", f"{flag} ")
+    assert load(run_dir / "checkpoint.pt")["step"] == 1  # the run is untouched
+
+
+def test_resume_without_or_with_an_unreadable_checkpoint(tmp_path):
+    proc = run("dcgan", "--resume", tmp_path / "nothing_here", check=False)
+    assert_user_error(proc, "no checkpoint.pt")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    proc = run("dcgan", "--resume", tmp_path / "bad", check=False)
+    assert_user_error(proc, "checkpoint.pt cannot be read")
+
+
+def test_resume_on_more_processes_than_saved_it(short_runs, tmp_path):
+    """A preempted job often comes back on another number of GPUs: a 1-process run resumed by torchrun with 2."""
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(short_runs("dcgan"), run_dir)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "dcgan.py",
+           "--resume", run_dir, "--steps", "2"]
+    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **ENV, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0 and "IndexError" not in proc.stderr, proc.stderr[-3000:]
+    assert load(run_dir / "checkpoint.pt")["step"] == 2
