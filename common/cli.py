@@ -6,6 +6,7 @@ checks the values every script shares. A user's mistake becomes a `UserError`: o
 exit status 2, no traceback.
 """
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -141,4 +142,7 @@ def init_distributed(device_name: str):
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Shut the group down on every way out (end, SIGTERM stop, error): a rank that exits with a live
+        # gloo group can abort in its destructor ("terminate called without an active exception").
+        atexit.register(torch.distributed.destroy_process_group)
     return device, rank, world

@@ -19,9 +19,11 @@ def test_benchmark_writes_a_table_of_finite_numbers(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:10]]
             for line in text.splitlines() if line.startswith("| dcgan.py") or line.startswith("| plain loop")}
     assert set(rows) == {"dcgan.py"}
-    for cells in rows.values():  # img/s, per CPU-s, peak MiB, to first log, beyond steady, outside share
+    # img/s, per CPU-s, peak MiB, to first log, beyond steady, outside share. One tiny warm-up step can take
+    # under 0.05 s, which the table rounds to 0.0 s to first log (seen on CI), so that cell may be zero.
+    for cells in rows.values():
         numbers = [float(re.match(r"-?[\d.]+", c).group()) for c in cells]
         assert all(math.isfinite(x) for x in numbers), cells
-        assert numbers[0] > 0 and numbers[1] > 0 and numbers[2] > 100 and numbers[3] > 0 and 0 <= numbers[5] < 100, cells
+        assert numbers[0] > 0 and numbers[1] > 0 and numbers[2] > 100 and numbers[3] >= 0 and 0 <= numbers[5] < 100, cells
     assert "dcgan.py eager vs the plain loop: not measured" in text
     assert "GPU: compiled + bf16 dcgan.py >= 3x the plain loop" in text and "not measured" in text
