@@ -1,4 +1,5 @@
 """Tiny datasets in the real on-disk layouts, and a helper to run a script as a user would."""
+import json
 import os
 import pickle
 import struct
@@ -87,6 +88,25 @@ def run_script(script: str, *args, env=None, check=True, timeout=900):
     return proc
 
 
+def run_compiled(script: str, *args, steps: int = 3, env=None):
+    """Run `script ARGS --compile` for `steps` steps, logging each, with TORCH_LOGS=recompiles; fail if
+    anything recompiles after the first step (G and D alternating must reuse their graphs). Returns the
+    merged stdout and stderr."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {}), "TORCH_LOGS": "recompiles"}
+    proc = subprocess.run([sys.executable, script, *map(str, args), "--compile", "--steps", str(steps), "--log-every", "1"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "compile True" in proc.stdout and "step 1/" in proc.stdout, proc.stdout[-3000:]
+    later = proc.stdout.split("step 1/", 1)[1]
+    assert "Recompiling" not in later, later[-3000:]
+    return proc.stdout
+
+
+def metrics(run_dir: Path):
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def load_pngs(folder: Path):
     """All PNGs in a folder as a float tensor (N, C, H, W) in [-1, 1]."""
     import torch
@@ -97,21 +117,33 @@ def load_pngs(folder: Path):
     return x / 127.5 - 1
 
 
-def nn_distance(fake, real):
-    """Mean over generated images of the mean squared pixel distance to the nearest real image."""
+def nearest(fake, real):
+    """Per generated image: the mean squared pixel distance to its nearest real image, and that image's index."""
     import torch
     d = torch.cdist(fake.flatten(1).double(), real.flatten(1).double()) ** 2 / fake[0].numel()
-    return d.min(1).values.mean().item()
+    return d.min(1)
+
+
+def nn_distance(fake, real):
+    """Mean over generated images of the mean squared pixel distance to the nearest real image."""
+    return nearest(fake, real).values.mean().item()
+
+
+def sharp(fake, real):
+    """Which generated images are nearer to some real image than half the distance from a blank image to
+    its nearest real one: a blank or blurry generator has none."""
+    import torch
+    return nearest(fake, real).values < 0.5 * nn_distance(torch.full_like(real[:1], -1.0), real)
 
 
 def good_share(fake, real):
-    """Share of generated images nearer (mean squared pixel distance) to some real image than half the
-    distance from a blank image to its nearest real one: a blank or blurry generator scores 0."""
-    import torch
-    blank = torch.full_like(real[:1], -1.0)
-    tol = 0.5 * nn_distance(blank, real)
-    d = torch.cdist(fake.flatten(1).double(), real.flatten(1).double()) ** 2 / fake[0].numel()
-    return (d.min(1).values < tol).double().mean().item()
+    """Share of sharp generated images (see `sharp`)."""
+    return sharp(fake, real).double().mean().item()
+
+
+def sharp_modes(fake, real, labels):
+    """How many labels (rectangle positions) the sharp samples cover: 1 for a collapsed generator."""
+    return len(set(labels[nearest(fake, real).indices[sharp(fake, real)]].tolist()))
 
 
 def resumed_and_straight(script: str, args, tmp_path: Path, stop: int = 3, total: int = 6):
@@ -142,15 +174,36 @@ def real_digits(size: int):
     return F.interpolate(real, size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255) / 127.5 - 1
 
 
-def digits_before_and_after(script: str, mnist_dir: Path, tmp_path: Path, steps: int, size: int = 32, extra=()):
-    """Export 64 samples of an untrained and of a `steps`-step generator trained on the mnist_dir digits;
-    return (untrained, trained, real) image tensors in [-1, 1]."""
+def digit_labels():
+    """The labels (rectangle positions) of the `mnist_dir` fixture's training images."""
+    import torch
+    return torch.from_numpy(digit_images(200, seed=len("train"))[1])
+
+
+def digits_before_and_after(script: str, mnist_dir: Path, tmp_path: Path, steps: int, size: int = 32, extra=(),
+                            untrained: bool = True):
+    """Export 64 samples of an untrained (unless untrained=False) and of a `steps`-step generator trained
+    on the mnist_dir digits; print their scores; return (untrained or None, trained, real) in [-1, 1]."""
     args = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", size, "--batch-size", "32",
             "--log-every", "300", "--sample-every", "0", "--export", "64", "--seed", "1", *extra]
-    run_script(script, *args, "--steps", 0, "--run-dir", tmp_path / "untrained")
-    run_script(script, *args, "--steps", steps, "--run-dir", tmp_path / "trained")
-    untrained, trained = (load_pngs(tmp_path / d / "export") for d in ("untrained", "trained"))
-    print(f"{script}: nn distance {nn_distance(untrained, real_digits(size)):.3f} -> "
-          f"{nn_distance(trained, real_digits(size)):.3f}, sharp samples {good_share(untrained, real_digits(size)):.2f} "
-          f"-> {good_share(trained, real_digits(size)):.2f}")
-    return untrained, trained, real_digits(size)
+    runs = ["untrained", "trained"] if untrained else ["trained"]
+    for name in runs:
+        run_script(script, *args, "--steps", 0 if name == "untrained" else steps, "--run-dir", tmp_path / name)
+    real, labels = real_digits(size), digit_labels()
+    images = {name: load_pngs(tmp_path / name / "export") for name in runs}
+    for name, fake in images.items():
+        print(f"{script} {name}: nn distance {nn_distance(fake, real):.3f}, sharp samples {good_share(fake, real):.2f}, "
+              f"on {sharp_modes(fake, real, labels)} of 10 positions")
+    return images.get("untrained"), images["trained"], real
+
+
+def assert_learns_digits(script: str, mnist_dir: Path, tmp_path: Path, steps: int, size: int = 32, extra=(),
+                         min_sharp: float = 0.2, min_modes: int = 5, untrained: bool = True):
+    """Fail unless, after `steps` steps on the digits, at least `min_sharp` of 64 samples are sharp, placed
+    rectangles (see `sharp`) on at least `min_modes` of the 10 positions, while an untrained G has none.
+    A blank, blurry, noisy or collapsed generator fails."""
+    before, after, real = digits_before_and_after(script, mnist_dir, tmp_path, steps, size, extra, untrained)
+    if before is not None:
+        assert good_share(before, real) == 0
+    assert good_share(after, real) >= min_sharp, good_share(after, real)
+    assert sharp_modes(after, real, digit_labels()) >= min_modes, sharp_modes(after, real, digit_labels())

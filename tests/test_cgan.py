@@ -7,15 +7,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import assert_same_weights, load_pngs, nn_distance, resumed_and_straight, run_script
+from conftest import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_script
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
 LEARN_STEPS, MIN_ACCURACY = 300, 0.6  # calibrated: accuracy 0.33 after 150 steps, 0.90 after 300 (chance: 0.1)
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_smoke_writes_every_file_and_a_grid_row_per_class(mnist_dir, tmp_path):
@@ -98,9 +94,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compile(mnist_dir, tmp_path):
-    out = run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--compile", "--run-dir",
-                     tmp_path / "r").stdout
-    assert "compile True" in out
+    run_compiled("cgan.py", *TINY, "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
 

@@ -4,14 +4,10 @@ import json
 import pytest
 import torch
 
-from conftest import assert_same_weights, digits_before_and_after, good_share, load_pngs, nn_distance, resumed_and_straight, run_script
+from conftest import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 dcgan = importlib.import_module("dcgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_smoke_writes_every_file(mnist_dir, tmp_path):
@@ -91,19 +87,13 @@ def test_track_offline(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compile(mnist_dir, tmp_path):
-    out = run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--compile", "--run-dir",
-                     tmp_path / "r").stdout
-    assert "compile True" in out
+    run_compiled("dcgan.py", *TINY, "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])  # loads with or without --compile
 
 
 @pytest.mark.slow
 def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 1200 steps many samples are sharp digits (a placed rectangle), which no blank, blurry or
-    untrained generator produces. lr 5e-4 instead of the paper's 2e-4 to fit a CPU minute."""
-    untrained, trained, real = digits_before_and_after("dcgan.py", mnist_dir, tmp_path, 1200,
-                                                       extra=["--width", "16", "--lr", "5e-4"])
-    assert good_share(untrained, real) == 0
-    assert good_share(trained, real) >= 0.2  # measured 0.45 (seed 1)
-    assert nn_distance(trained, real) < 0.25 * nn_distance(untrained, real)  # measured 0.116 vs 0.700
+    """After 1200 steps many samples are sharp, placed rectangles on most positions; a blank, blurry, collapsed
+    or untrained G fails. Measured (seed 1): 45% sharp on 10 of 10 positions. lr 5e-4 instead of the paper's 2e-4 to fit a CPU minute."""
+    assert_learns_digits("dcgan.py", mnist_dir, tmp_path, 1200, extra=["--width", "16", "--lr", "5e-4"], min_sharp=0.2, min_modes=5)

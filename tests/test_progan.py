@@ -7,16 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import load_pngs, nn_distance, run_script
+from conftest import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
 
 progan = importlib.import_module("progan")
 # 16x16 final size, 32 images per phase, batch 8: 4 steps per phase, phases 0..4, the schedule ends at step 20.
 TINY = ["--dataset", "mnist", "--image-size", "16", "--max-channels", "16", "--z-dim", "16", "--batch-size", "8",
         "--kimg-per-phase", "0.032", "--log-every", "2", "--sample-every", "10", "--ckpt-every", "10"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +190,8 @@ def test_bf16_and_bad_input(mnist_dir, tmp_path):
 @pytest.mark.slow
 def test_compile_across_a_phase_change(mnist_dir, tmp_path):
     # 16 images per phase: steps 1-2 at 4x4, step 3 fades in 8x8, so the compiled graphs are rebuilt once.
-    args = [*TINY, "--kimg-per-phase", "0.016", "--max-channels", "8", "--z-dim", "8", "--steps", "3"]
-    out = run_script("progan.py", *args, "--data-dir", mnist_dir, "--compile", "--log-every", "1",
-                     "--run-dir", tmp_path / "r").stdout
-    assert "compile True" in out
+    run_compiled("progan.py", *TINY, "--kimg-per-phase", "0.016", "--max-channels", "8", "--z-dim", "8",
+                 "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
     rows = [r for r in metrics(tmp_path / "r") if "d_loss" in r]
     assert [r["res"] for r in rows] == [4, 4, 8] and all(math.isfinite(r["d_loss"]) for r in rows)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
@@ -206,21 +200,9 @@ def test_compile_across_a_phase_change(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(mnist_dir, tmp_path):
-    """After growing to 16x16 (5 phases of 50 steps) the samples are far nearer the training images than an untrained G's."""
-    from conftest import digit_images
-    real = torch.from_numpy(digit_images(200, seed=len("train"))[0]).float().unsqueeze(1) / 127.5 - 1
-    real = F.interpolate(real, size=16, mode="bilinear", antialias=True)
-    run_script("progan.py", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "16", "--max-channels", "16",
-               "--z-dim", "16", "--batch-size", "16", "--kimg-per-phase", "0.8", "--ema-decay", "0.9",
-               "--log-every", "50", "--export", "64", "--seed", "1", "--run-dir", tmp_path / "trained")
-    torch.manual_seed(1)
-    G = progan.Generator(16, 16, 1, 16)
-    G.depth = 2  # untrained, at the final resolution
-    untrained = progan.generate(G, torch.randn(64, 16), torch.tensor(1.0), 16).clamp(-1, 1)
-    before = nn_distance(untrained, real)
-    after = nn_distance(load_pngs(tmp_path / "trained" / "export"), real)
-    blank = nn_distance(-torch.ones(1, 1, 16, 16), real)  # an all-black image: the background only
-    print(f"nn distance: untrained {before:.4f}, trained {after:.4f}, all-black {blank:.4f}")
-    # Calibrated on this tiny setting (250 steps): untrained ~1.01, trained 0.15-0.17; an all-black image scores ~0.156,
-    # so this catches a broken loss or architecture but not a G that only learned the black background.
-    assert after < 0.3 * before, (before, after, blank)
+    """Grown to 16x16 (5 phases of 400 steps), many samples are sharp, placed rectangles on most positions; a
+    blank, noisy or collapsed G fails. Measured (seed 1, one thread, 96 s): EMA samples 39% sharp on 9 of 10
+    positions (raw G 36%); with 100 steps a phase the samples were still noise (0% sharp)."""
+    assert_learns_digits("progan.py", mnist_dir, tmp_path, 0, size=16, untrained=False,  # --steps 0: the whole schedule
+                         extra=["--max-channels", "32", "--z-dim", "32", "--batch-size", "16", "--kimg-per-phase", "6.4",
+                                "--ema-decay", "0.99"], min_sharp=0.2, min_modes=5)

@@ -3,18 +3,13 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from conftest import assert_same_weights, load_pngs, nn_distance, resumed_and_straight, run_script
+from conftest import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 sagan = importlib.import_module("sagan")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
         "--batch-size", "8", "--log-every", "2"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def spectral_norms(model):
@@ -114,9 +109,7 @@ def test_compile_and_spectral_norm_under_compile(mnist_dir, tmp_path):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             compiled(x).float().mean().backward()
     assert all(abs(s - 1) < 0.02 for s in spectral_norms(D))  # the compiled graph updated the real u, v buffers
-    out = run_script("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--compile", "--amp", "bf16",
-                     "--run-dir", tmp_path / "r").stdout
-    assert "compile True" in out
+    run_compiled("sagan.py", *TINY, "--data-dir", mnist_dir, "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in metrics(tmp_path / "r"))
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
@@ -129,15 +122,8 @@ def test_bf16_autocast(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(mnist_dir, tmp_path):
-    """After a short run the samples are far nearer the training images than an untrained G's."""
-    from conftest import digit_images
-    real = torch.from_numpy(digit_images(200, seed=len("train"))[0]).float().unsqueeze(1) / 127.5 - 1
-    real = F.interpolate(real, size=16, mode="bilinear", antialias=True)
-    args = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "16", "--width", "16", "--attn-res", "8",
-            "--batch-size", "32", "--log-every", "50", "--export", "64", "--seed", "1"]
-    run_script("sagan.py", *args, "--steps", "0", "--run-dir", tmp_path / "untrained")
-    run_script("sagan.py", *args, "--steps", "300", "--run-dir", tmp_path / "trained")
-    before = nn_distance(load_pngs(tmp_path / "untrained" / "export"), real)
-    after = nn_distance(load_pngs(tmp_path / "trained" / "export"), real)
-    print(f"nn distance: untrained {before:.4f}, trained {after:.4f}")
-    assert after < 0.4 * before, (before, after)  # measured: 0.882 -> 0.154
+    """After 1000 steps at the paper's two learning rates many samples are sharp, placed rectangles; a blank,
+    blurry or untrained G fails. Measured (seed 1, one thread, 69 s): 48% sharp on 4 of 10 positions
+    (300 steps: still blank)."""
+    assert_learns_digits("sagan.py", mnist_dir, tmp_path, 1000, size=16, extra=["--width", "16", "--attn-res", "8"],
+                         min_sharp=0.2, min_modes=3)

@@ -6,17 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_pngs, nn_distance, run_script
+from conftest import load_pngs, metrics, nn_distance, run_compiled, run_script
 
 sg = importlib.import_module("stylegan_lite")
 # One intra-op thread: on a small shared CPU, spinning worker threads make these tiny models 10-50x slower.
 ENV = {"OMP_NUM_THREADS": "1"}
 TINY = ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "16", "--w-dim", "16",
         "--mapping-layers", "2", "--channel-base", "128", "--channel-max", "16", "--log-every", "2"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def tiny_generator(**kw):
@@ -172,9 +168,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compile(mnist_dir, tmp_path):
-    out = run_script("stylegan_lite.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--r1-every", "2",
-                     "--compile", "--run-dir", tmp_path / "r", env=ENV).stdout
-    assert "compile True" in out
+    run_compiled("stylegan_lite.py", *TINY, "--data-dir", mnist_dir, "--r1-every", "2", "--run-dir", tmp_path / "r", env=ENV)
     assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["r1"]) for r in metrics(tmp_path / "r"))
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])  # loads with or without --compile
