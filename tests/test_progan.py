@@ -189,11 +189,12 @@ def test_bf16_and_bad_input(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compile_across_a_phase_change(mnist_dir, tmp_path):
-    # 16 images per phase: steps 1-2 at 4x4, step 3 fades in 8x8, so the compiled graphs are rebuilt once.
+    # 16 images per phase: steps 1-2 at 4x4, steps 3-4 fade in 8x8, so the compiled graphs are rebuilt once,
+    # at step 3; step 4 (a new alpha) must reuse them.
     run_compiled("progan.py", *TINY, "--kimg-per-phase", "0.016", "--max-channels", "8", "--z-dim", "8",
-                 "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
+                 "--data-dir", mnist_dir, "--run-dir", tmp_path / "r", steps=4, settled_after=3)
     rows = [r for r in metrics(tmp_path / "r") if "d_loss" in r]
-    assert [r["res"] for r in rows] == [4, 4, 8] and all(math.isfinite(r["d_loss"]) for r in rows)
+    assert [r["res"] for r in rows] == [4, 4, 8, 8] and all(math.isfinite(r["d_loss"]) for r in rows)
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any("_orig_mod" in k or k.startswith("module.") for k in ckpt["G"])  # loads with or without --compile
 

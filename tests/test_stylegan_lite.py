@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import load_pngs, metrics, nn_distance, run_compiled, run_script
+from conftest import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
 
 sg = importlib.import_module("stylegan_lite")
 # One intra-op thread: on a small shared CPU, spinning worker threads make these tiny models 10-50x slower.
@@ -176,20 +175,10 @@ def test_compile(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 400 steps the EMA samples are far nearer the training images than an untrained G's, and nearer
-    than a G that only learned the black background. Calibrated (1 thread, seed 0): untrained 2.0,
-    blank 0.156, trained 0.089 (seed 1 gave 0.135: at this size StyleGAN2 is still early in training)."""
-    from conftest import digit_images
-    real = torch.from_numpy(digit_images(200, seed=len("train"))[0]).float().unsqueeze(1) / 127.5 - 1
-    real = F.interpolate(real, size=16, mode="bilinear", antialias=True)
-    run_script("stylegan_lite.py", *TINY, "--data-dir", mnist_dir, "--batch-size", "16", "--channel-base", "256",
-               "--channel-max", "32", "--steps", "400", "--ema-decay", "0.95", "--log-every", "100", "--export", "64",
-               "--seed", "0", "--run-dir", tmp_path / "r", env=ENV)
-    torch.manual_seed(0)
-    G = sg.Generator(16, 16, 2, 0.01, 16, 1, 256, 32).eval()
-    with torch.no_grad():
-        before = nn_distance(G(torch.randn(64, 16)).clamp(-1, 1), real)
-    blank = nn_distance(-torch.ones(64, 1, 16, 16), real)
-    after = nn_distance(load_pngs(tmp_path / "r" / "export"), real)
-    print(f"nn distance: untrained {before:.4f}, all-background {blank:.4f}, trained {after:.4f}")
-    assert after < 0.25 * before and after < 0.8 * blank, (before, blank, after)
+    """After 400 steps many EMA samples are sharp, placed rectangles; a blank, blurry or untrained G fails.
+    Measured (seed 0, one thread, 25 s): EMA 39% sharp, raw G 53%, both on 2 of 10 positions. At this size
+    and budget the generator covers few positions (seed 1: one; 1000 steps: one, 92% sharp), so only one is
+    asserted."""
+    assert_learns_digits("stylegan_lite.py", mnist_dir, tmp_path, 400, size=16, min_sharp=0.2, min_modes=1,
+                         extra=["--batch-size", "16", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2",
+                                "--channel-base", "256", "--channel-max", "32", "--ema-decay", "0.95", "--seed", "0"])

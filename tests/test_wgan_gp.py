@@ -4,9 +4,8 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from conftest import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_script
+from conftest import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 wgan_gp = importlib.import_module("wgan_gp")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -134,21 +133,8 @@ def test_compile_runs_the_penalty_uncompiled(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(mnist_dir, tmp_path):
-    """Samples move far nearer the training images than an untrained G's."""
-    from conftest import digit_images
-    real = torch.from_numpy(digit_images(200, seed=len("train"))[0]).float().unsqueeze(1) / 127.5 - 1
-    real = F.interpolate(real, size=32, mode="bilinear", antialias=True)
-    run_script("wgan_gp.py", *LEARN, "--data-dir", mnist_dir, "--steps", "0", "--run-dir", tmp_path / "untrained")
-    run_script("wgan_gp.py", *LEARN, "--data-dir", mnist_dir, "--steps", str(LEARN_STEPS), "--run-dir", tmp_path / "trained")
-    before = nn_distance(load_pngs(tmp_path / "untrained" / "export"), real)
-    after = nn_distance(load_pngs(tmp_path / "trained" / "export"), real)
-    print(f"nn distance: untrained {before:.4f}, trained {after:.4f}")
-    # An all-black image scores 0.179 and the mean digit 0.152: beating both needs placed rectangles.
-    assert after < LEARN_MAX and after < 0.2 * before, (before, after)
-
-
-# Calibrated (seed 1, CPU): untrained 1.010, trained 0.122 after 200 steps (~28 CPU-s on one thread).
-# lr 5e-4 instead of the paper's 1e-4 so that 200 steps suffice.
-LEARN = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "32", "--log-every", "50",
-         "--export", "64", "--seed", "1", "--lr", "5e-4", "--sample-every", "0"]
-LEARN_STEPS, LEARN_MAX = 200, 0.145
+    """After 600 steps many samples are sharp, placed rectangles on most positions; a blank, blurry, collapsed
+    or untrained G fails. Measured (seed 1, one thread, 102 s): 53% sharp on 9 of 10 positions (200 steps at
+    width 8: 6% on 2). lr 5e-4 instead of the paper's 1e-4 to fit a CPU minute or two."""
+    assert_learns_digits("wgan_gp.py", mnist_dir, tmp_path, 600, extra=["--width", "16", "--lr", "5e-4"],
+                         min_sharp=0.25, min_modes=5)
