@@ -103,7 +103,7 @@ class StopSignal:
     """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at the end of its step."""
 
     def __init__(self):
-        self.received = None
+        self.received, self.checks = None, 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -114,10 +114,15 @@ class StopSignal:
         print(f"\n{self.received} received: saving a checkpoint at the end of this step", file=sys.stderr, flush=True)
 
 
-def stop_requested(stop: StopSignal, world: int, device) -> bool:
-    """True on every rank once any rank got SIGTERM/SIGINT, so all ranks stop after the same step."""
+def stop_requested(stop: StopSignal, world: int, device, every: int = 10) -> bool:
+    """True once SIGTERM/SIGINT arrived. Under DDP, true on every rank once any rank got one, so all ranks
+    stop after the same step: they agree by an all-reduce every `every` calls, since reading its result is
+    a host sync that would stall the GPU queue if done every step."""
     if world == 1:
         return stop.received is not None
+    stop.checks += 1
+    if stop.checks % every:
+        return False
     flag = torch.tensor([int(stop.received is not None)], device=device)
     torch.distributed.all_reduce(flag)
     return bool(flag.item())

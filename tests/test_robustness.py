@@ -91,10 +91,10 @@ def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------- 2. Preemption
 
-def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300):
+def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300, launcher=(sys.executable,)):
     """Start a long run, SIGTERM it once metrics.jsonl has a step, wait for it to exit."""
     out, err = open(tmp_path / "stdout.txt", "w+"), open(tmp_path / "stderr.txt", "w+")
-    proc = subprocess.Popen([sys.executable, f"{script}.py", *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
+    proc = subprocess.Popen([*launcher, f"{script}.py", *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
                             env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
     metrics, deadline = run_dir / "metrics.jsonl", time.time() + timeout
     try:
@@ -126,6 +126,20 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path
     a, b = load(whole / "checkpoint.pt"), load(stopped / "checkpoint.pt")
     assert a["step"] == b["step"] == end
     assert_same_weights(a, b)  # bit-exact on the CPU: same seed, same RNG stream, same order of operations
+
+
+def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(mnist_dir, tmp_path):
+    """torchrun passes SIGTERM on to each rank; the ranks agree (every 10 steps) on the step to stop after,
+    and each saves there (the probe records every rank's step; rank 0 writes checkpoint.pt)."""
+    run_dir = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", PROBE]
+    args = tiny("dcgan", mnist_dir, "--log-every", "1", "--ckpt-every", "0", "--steps", "100000", "--run-dir", run_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROBE_RANK_STATES", "1")
+        _, out, err = run_until_sigterm("dcgan", args, run_dir, tmp_path, launcher=launcher)
+    step = load(run_dir / "checkpoint.pt")["step"]
+    assert 1 <= step < 100000 and f"stopped by SIGTERM at step {step}" in out, out[-2000:] + err[-2000:]
+    assert [load(run_dir / f"rank_{r}.pt")["step"] for r in (0, 1)] == [step, step]
 
 
 # --------------------------------------------------------------------------------------- 3. Divergence
