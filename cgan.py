@@ -254,7 +254,7 @@ def main():
             last = step == args.steps
             stopping = stop_requested(stop, world, device)
             if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 run.log(step, args.steps, losses, args.batch_size * world)
             if (args.sample_every and step % args.sample_every == 0) or last:
                 run.save_grid(step, generate(G_sample, grid_z, grid_y), nrow=len(z_fixed))
@@ -264,7 +264,7 @@ def main():
                     run.write_metrics(step, {"fid": value})
                     print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
             if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 checkpoint()
             if stopping:
                 print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")

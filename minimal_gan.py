@@ -262,7 +262,7 @@ def main():
             last = step == args.steps
             stopping = stop_requested(stop, world, device)
             if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 run.log(step, args.steps, {**losses, **evaluate()}, args.batch_size * world)
             if (args.sample_every and step % args.sample_every == 0) or last:
                 save_samples()
@@ -274,7 +274,7 @@ def main():
                     run.write_metrics(step, {"fid": value})
                     print(f"step {step}: FID {value:.2f}", flush=True)
             if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 checkpoint()
             if stopping:
                 print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")

@@ -416,7 +416,7 @@ def main():
             last = step == total_steps
             stopping = stop_requested(stop, world, device)
             if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 run.log(step, total_steps, {**losses, "res": resolution, "alpha": alpha_value, "kimg": images / 1000},
                         batch * world)
             if (args.sample_every and step % args.sample_every == 0) or last:
@@ -427,7 +427,7 @@ def main():
                     run.write_metrics(step, {"fid": value})
                     print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples at {resolution}x{resolution})", flush=True)
             if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 checkpoint()
             if stopping:
                 print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")

@@ -423,7 +423,7 @@ def main():
             last = step == args.steps
             stopping = stop_requested(stop, world, device)
             if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 run.log(step, args.steps, {**losses, "r1": r1_last}, total_batch)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 # Sampling draws z and noise; forked, so the training RNG stream (and a resumed run) ignores it.
@@ -435,7 +435,7 @@ def main():
                         run.write_metrics(step, {"fid": value})
                         print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
             if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step)
+                check_finite(losses, step, scaler)
                 checkpoint()
             if stopping:
                 print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")

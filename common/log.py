@@ -64,10 +64,18 @@ def all_rng_states(world: int) -> list:
     return states
 
 
-def check_finite(losses: dict, step: int):
-    """Raise before a non-finite state reaches a checkpoint, so the last good one is kept."""
+def check_finite(losses: dict, step: int, scaler=None):
+    """Raise before a non-finite state reaches a checkpoint, so the last good one is kept.
+
+    Under fp16 a GradScaler skips any step whose gradients overflowed and halves its scale: the weights
+    stay finite, and a non-finite loss on such a step is expected (the first steps at the initial scale
+    often overflow). There the run has diverged only once the scale fell below 1, i.e. when even
+    unscaled gradients overflow.
+    """
     for name, value in losses.items():
         if not torch.isfinite(value).all():
+            if scaler is not None and scaler.is_enabled() and scaler.get_scale() >= 1.0:
+                continue
             raise UserError(f"{name} is {value.item()} at step {step} (losses are checked every --log-every steps "
                             "and before each checkpoint): the run diverged; the last good checkpoint is kept")
 

@@ -3,6 +3,7 @@ divergence, an unwritable run directory, and bad input as a new user would type 
 
 Every subprocess runs with OMP_NUM_THREADS=1 (several torch processes share two cores here)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -142,6 +143,20 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(mnist_dir, 
     assert [load(run_dir / f"rank_{r}.pt")["step"] for r in (0, 1)] == [step, step]
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_fp16_with_a_grad_scaler(script, mnist_dir, tmp_path):
+    """--amp fp16 end to end (CPU autocast): finite losses and weights, the GradScaler's state saved. The
+    penalties' scale-then-unscale recipe is checked exactly in test_wgan_gp.py and test_stylegan_lite.py."""
+    out = tmp_path / "run"
+    run(script, *tiny(script, mnist_dir, "--steps", "3", "--log-every", "1", "--amp", "fp16", "--run-dir", out))
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0, ckpt["scaler"]  # an enabled scaler's state
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Step 1 may overflow at the initial scale (2**16): NaN there, step skipped; the run then trains on.
+    assert len(rows) == 3 and math.isfinite(rows[-1]["d_loss"]) and math.isfinite(rows[-1]["g_loss"]), rows
+    assert all(v.isfinite().all() for k in ("G", "D") for v in ckpt[k].values() if v.is_floating_point())
+
+
 # --------------------------------------------------------------------------------------- 3. Divergence
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -168,6 +183,20 @@ def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnis
     assert "from step 3 to 5" in run("dcgan", "--resume", out, "--steps", "5").stdout  # without the NaN it trains on
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] == 5 and all(v.isfinite().all() for v in ckpt["G"].values() if v.is_floating_point())
+
+
+def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp_path):
+    """Under fp16 the GradScaler skips steps whose gradients overflow (and halves its scale), so a non-finite
+    loss is tolerated while the scale is >= 1; a loss that stays NaN collapses the scale and stops the run."""
+    out = tmp_path / "run"
+    proc = run_script(PROBE, "dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "60", "--log-every", "1", "--amp", "fp16",
+                      "--ckpt-every", "2", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "5"}, check=False)
+    line = assert_user_error(proc, "g_loss is nan", "diverged")
+    step = int(line.split("at step ")[1].split()[0])
+    assert 20 <= step <= 30, line  # 2**16 halved once per NaN step from step 5 falls below 1 after 17 of them
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["step"] < step and ckpt["scaler"]["scale"] >= 1.0
+    assert all(v.isfinite().all() for k in ("G", "D") for v in ckpt[k].values() if v.is_floating_point())
 
 
 # ------------------------------------------------------------------------------ 4. Unwritable run dir
