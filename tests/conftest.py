@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, so one thread per process
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+
+import numpy as np  # noqa: E402  (after the thread settings, which numpy reads on import)
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
