@@ -233,11 +233,18 @@ def table(results, plans, opts, command, started, loads, data_note):
     import torch
     import torchvision
     mem = "peak GPU memory (max_memory_allocated)" if opts.device == "cuda" else "peak RSS of the process"
-    threads = next((r["threads"] for r in results if r["ok"]), torch.get_num_threads())
+    scripts_by_threads = {}  # minimal_gan sets one thread itself for 2-D data, so counts can differ per run
+    for r in results:
+        if r["ok"]:
+            scripts_by_threads.setdefault(r["threads"], set()).add(r["script"])
+    if len(scripts_by_threads) > 1:
+        threads = "intra-op threads " + "; ".join(f"{n} in {', '.join(sorted(s))}" for n, s in sorted(scripts_by_threads.items()))
+    else:
+        threads = f"{next(iter(scripts_by_threads), torch.get_num_threads())} intra-op threads"
     lines = [f"### Training speed, {opts.device.upper()}", "",
              f"- Date: {started:%Y-%m-%d %H:%M} UTC; device: {device_name(opts.device)}; torch {torch.__version__}, "
              f"torchvision {torchvision.__version__}, Python {platform.python_version()}; "
-             f"{threads} intra-op threads (PyTorch's default; OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}).",
+             f"{threads} (PyTorch's default; OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}).",
              f"- Command: `{command}`",
              f"- Data: {data_note}; each script's decoded cache is built before timing, so draws come from memory.",
              f"- Each run: a fresh process; {opts.warmup} warm-up steps (ProGAN: one step per growing phase, so its "
