@@ -188,3 +188,19 @@ def test_fid_parity_with_pytorch_fid(tmp_path):
     fid_theirs, fid_ours = (float(p.stdout.strip().rsplit("FID:", 1)[1]) for p in (theirs, ours))
     print(f"pytorch-fid {fid_theirs}, common.fid {fid_ours}")
     assert fid_ours > 0 and fid_ours == pytest.approx(fid_theirs, rel=1e-3)
+
+
+def test_ranks_agree_on_a_stop_every_tenth_step_only(monkeypatch):
+    """Under DDP, reading the stop flag's all-reduce is a host sync: once per 10 steps, never per step."""
+    calls = []
+
+    def fake_all_reduce(flag):
+        calls.append(flag.clone())
+        flag.fill_(1)  # as if another rank had received SIGTERM
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(log.signal, "signal", lambda *args: None)  # keep pytest's own SIGINT handling
+    stop = log.StopSignal()
+    answers = [log.stop_requested(stop, world=2, device=torch.device("cpu")) for _ in range(20)]
+    assert len(calls) == 2 and answers.index(True) == 9  # steps 10 and 20
+    assert log.stop_requested(stop, world=1, device=torch.device("cpu")) is False  # one process: no collective
