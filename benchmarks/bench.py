@@ -63,7 +63,7 @@ def parse(argv=None):
 def worker(spec: dict):
     sys.path.insert(0, str(ROOT))
     import torch
-    from common import data, log
+    from common import data, run
     cuda = spec["device"] == "cuda"
     calls = {"data": [], "log": []}  # (start, host seconds, (start_event, end_event) or None)
     cpu_at_log = []  # process CPU seconds at each log call: a throughput that contention disturbs less
@@ -85,7 +85,7 @@ def worker(spec: dict):
 
     data.ImageData.batch = timed(data.ImageData.batch, "data")
     data.ToyData.batch = timed(data.ToyData.batch, "data")
-    log.Run.log = timed(log.Run.log, "log")
+    run.Logger.log = timed(run.Logger.log, "log")
     if spec["script"] == BASELINE:  # the tutorial loop draws from a DataLoader: time the wait for each batch
         it = torch.utils.data.dataloader._BaseDataLoaderIter
         it.__next__ = timed(it.__next__, "data")
@@ -147,7 +147,7 @@ def script_args(script: str, extra: list):
 # Parent: run every (script, mode) in its own process and write the table.
 
 def run_one(index, script, mode, plan, opts, data_dir, work):
-    run_dir = work / f"{index:02d}-{script}-{mode}"  # a fresh folder per run: Run.log appends to metrics.jsonl
+    run_dir = work / f"{index:02d}-{script}-{mode}"  # a fresh folder per run: Logger.log appends to metrics.jsonl
     report = run_dir.with_suffix(".json")
     argv = ["--device", opts.device, "--steps", str(plan["total"]), "--log-every", str(plan["log_every"]),
             "--run-dir", str(run_dir), "--data-dir", str(data_dir)]
@@ -273,7 +273,7 @@ def table(results, plans, opts, command, started, loads, data_note):
               "img per CPU-s: the same images over the main process's CPU time in the window, steadier than img/s "
               "on a shared machine (DataLoader worker processes not included). "
               "Beyond steady: time to the first log minus the warm-up steps at the timed rate (mostly torch.compile). "
-              "Outside models: time in data.batch() (the plain loop: waiting on the DataLoader) and in Run.log, over "
+              "Outside models: time in data.batch() (the plain loop: waiting on the DataLoader) and in Logger.log, over "
               "the timed window; on CUDA the longer of host and GPU time per call. "
               "stylegan_lite applies lazy R1 every 16 steps, so a window shorter than 16 steps over- or under-counts it.", ""]
     lines += comparison(results, opts)

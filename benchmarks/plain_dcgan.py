@@ -5,7 +5,7 @@ over DATA_DIR/celeba (the folder that holds img_align_celeba/) with Resize, Cent
 Normalize(0.5, 0.5); a shuffling DataLoader with 2 workers; eager float32; D on the real batch
 (backward), D on fake.detach() (backward), D step; then G through D. The networks are dcgan.py's own
 Generator and Discriminator at the same batch, image size and width, so only the loop differs.
-img_per_s is logged to RUN_DIR/metrics.jsonl by common.log.Run, exactly as the scripts log it.
+img_per_s is logged to RUN_DIR/metrics.jsonl by common.run.Logger, exactly as the scripts log it.
 
 Differences from the tutorial: dcgan.Discriminator returns logits, so BCEWithLogitsLoss replaces
 Sigmoid + BCELoss (the same loss); training runs for --steps batches across epochs instead of a
@@ -23,7 +23,7 @@ import torchvision.transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # dcgan.py and common/ live in the repository root
 import dcgan  # noqa: E402
 from common.cli import UserError, arg, parse_args, resolve_device, user_errors  # noqa: E402
-from common.log import Run  # noqa: E402
+from common.run import Logger  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def main():
         criterion = nn.BCEWithLogitsLoss()
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-        run = Run(args, "plain_dcgan", args.run_dir, resumed=False)
+        run = Logger(args, "plain_dcgan", args.run_dir)
 
         step = 0
         while step < args.steps:

@@ -35,6 +35,37 @@ def arg(default, help, **kw):
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+@dataclasses.dataclass
+class RunArgs:
+    """The flags every script shares. A script's `Args` extends this with its paper's hyperparameters and
+    re-declares a shared flag only to change its default (batch size, steps, EMA)."""
+    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
+    data_dir: str = arg("data", "where datasets and their decoded caches live")
+    batch_size: int = arg(64, "batch size per GPU")
+    steps: int = arg(20000, "generator updates to train for")
+    flip: typing.Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
+    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
+    ema_decay: float = arg(0.999, "EMA decay per step")
+    seed: int = arg(0, "random seed")
+    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
+    compile: typing.Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
+    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA (fp16 where bf16 is missing), off on the CPU",
+                   choices=["auto", "bf16", "fp16", "off"])
+    run_dir: typing.Optional[str] = arg(None, "where config, metrics, samples and checkpoint are written (default: runs/SCRIPT)")
+    log_every: int = arg(100, "console and metrics line every N steps")
+    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
+    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
+    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
+    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
+    fid_samples: int = arg(10000, "generated images per FID")
+    fid_weights: typing.Optional[str] = arg(None, "FID Inception weights file (default: download once)")
+    resume: typing.Optional[str] = arg(None, "run directory to continue from its checkpoint")
+    track: bool = arg(False, "log to Weights & Biases")
+    wandb_project: str = arg("gan-reference", "wandb project")
+    wandb_entity: typing.Optional[str] = arg(None, "wandb entity")
+    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
+
+
 # Flags whose values may differ when a run is resumed; any other flag given with --resume
 # must match the saved run, since it changes the model, the data or the method.
 RESUMABLE = {"steps", "device", "compile", "amp", "run_dir", "log_every", "sample_every",

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torchvision.models import inception
 
 from .cli import UserError, user_errors
-from .log import quantize
 
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -142,6 +141,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum().item()
     diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8 exactly as saving to PNG does (save_image: x*255+0.5, clamp, truncate)."""
+    x = (images.float().clamp(-1, 1) + 1) / 2
+    return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 class FID:

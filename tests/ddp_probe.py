@@ -17,21 +17,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import log  # noqa: E402  (after the path is set)
+from common import run  # noqa: E402  (after the path is set)
 
 
 def main():
     script, argv = sys.argv[1], sys.argv[2:]
     if os.environ.get("PROBE_RANK_STATES"):
-        save = log.Run.save_checkpoint
+        checkpoint = run.Run.checkpoint
 
-        def save_checkpoint(self, state):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            rank_state = {"step": state["step"], "G": state["G"], "D": state["D"]}
-            torch.save(rank_state, self.dir / f"rank_{os.environ.get('RANK', '0')}.pt")
-            save(self, state)
+        def checkpoint_and_rank_state(self):
+            folder = Path(self.args.run_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            rank_state = {"step": self.step, "G": self.tracked["G"].state_dict(), "D": self.tracked["D"].state_dict()}
+            torch.save(rank_state, folder / f"rank_{os.environ.get('RANK', '0')}.pt")
+            checkpoint(self)
 
-        log.Run.save_checkpoint = save_checkpoint
+        run.Run.checkpoint = checkpoint_and_rank_state
     module = importlib.import_module(Path(script).stem)
     if os.environ.get("PROBE_NAN_AFTER"):
         nan_after, g_loss, calls = int(os.environ["PROBE_NAN_AFTER"]), module.g_loss, [0]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import data, fid, log
+from common import data, fid
+from common import run as log
 from common.cli import UserError
 from conftest import ROOT, digit_images, write_celeba, write_cifar10, write_image_folder, write_mnist
 
@@ -112,7 +113,7 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UserError, match="cannot write to the run directory"):
-        log.Run(type("A", (), {})(), "x", str(blocker / "run"), resumed=False)
+        log.Logger(type("A", (), {})(), "x", str(blocker / "run"))
 
 
 def test_frechet_distance_matches_scipy():
@@ -132,7 +133,7 @@ def test_quantize_equals_png_round_trip(tmp_path):
     x = torch.rand(3, 8, 8) * 2.2 - 1.1
     save_image((x.clamp(-1, 1) + 1) / 2, tmp_path / "a.png")
     png = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png"))).permute(2, 0, 1)
-    assert torch.equal(log.quantize(x), png)
+    assert torch.equal(fid.quantize(x), png)
 
 
 def random_fid_weights(path: Path):

@@ -1,0 +1,401 @@
+"""The run: everything a training script does besides its method.
+
+A script hands its state to a `Run` and keeps the loop:
+
+    run = Run.start("dcgan", Args, "paper title")         # flags, --resume, device, precision, DDP, seed
+    data = run.load_data(args.image_size)
+    G, D, opt_g, opt_d, ema, z_fixed = ...                  # the method, in the script
+    run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)   # saved, and restored on --resume
+    run.set_samplers(sample=lambda k: ..., grid=lambda: ...)
+    G_train, D_train = run.wrap(G), run.wrap(D)              # DDP and torch.compile
+    while run.next_step():
+        losses = train_step(...)
+        run.after_step(losses)                               # logs, grids, FID, checkpoints, stop signals
+    run.finish()                                             # --export
+
+A run directory holds config.json (all arguments), metrics.jsonl (one object per log step),
+samples/step_XXXXXXX.png and checkpoint.pt. Checkpoints are written to a temporary file and
+renamed, so a run killed while writing keeps its previous checkpoint. A resumed run restores
+every tracked object, the step and each rank's RNG state, and continues bit for bit.
+"""
+import dataclasses
+import datetime
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import data as datasets
+from .cli import UserError, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
+from .fid import FID, quantize
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state, per rank
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_rng_states(world: int) -> list:
+    """Every rank's RNG state (a list indexed by rank), so a resumed DDP run draws the same batches."""
+    if world == 1:
+        return [rng_state()]
+    states = [None] * world
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(states: list, rank: int, world: int):
+    """Each rank's saved RNG state; on a different number of processes, fresh streams (said once)."""
+    if len(states) == world:
+        set_rng_state(states[rank])
+        return
+    if rank == 0:
+        print(f"note: the run was saved by {len(states)} process(es) and resumes on {world}: batches will differ "
+              "from an uninterrupted run", file=sys.stderr)
+    set_rng_state(states[0])
+    torch.manual_seed(int(torch.randint(2**31, ())) + rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence, checkpoints, stop signals
+
+def check_finite(losses: dict, step: int, scaler=None):
+    """Raise before a non-finite state reaches a checkpoint, so the last good one is kept.
+
+    Under fp16 a GradScaler skips any step whose gradients overflowed and halves its scale: the weights
+    stay finite, and a non-finite loss on such a step is expected (the first steps at the initial scale
+    often overflow). There the run has diverged only once the scale fell below 1, i.e. when even
+    unscaled gradients overflow.
+    """
+    for name, value in losses.items():
+        if torch.is_tensor(value) and not torch.isfinite(value).all():
+            if scaler is not None and scaler.is_enabled() and scaler.get_scale() >= 1.0:
+                continue
+            raise UserError(f"{name} is {value.item()} at step {step} (losses are checked every --log-every steps "
+                            "and before each checkpoint): the run diverged; the last good checkpoint is kept")
+
+
+def save_checkpoint(path: Path, state: dict):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: keep the previous checkpoint, say why
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write the checkpoint {path} ({e.strerror or e}); the previous one is kept") from None
+
+
+def load_checkpoint(run_dir: str, script: str) -> dict:
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise UserError(f"--resume {run_dir}: no checkpoint.pt there")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"--resume {run_dir}: checkpoint.pt cannot be read ({e})") from None
+    if state.get("script") != script:
+        raise UserError(f"--resume {run_dir}: that run was made by {state.get('script')}, not {script}")
+    return state
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at the end of its step."""
+
+    def __init__(self):
+        self.received, self.checks = None, 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: saving a checkpoint at the end of this step", file=sys.stderr, flush=True)
+
+
+def stop_requested(stop: StopSignal, world: int, device, every: int = 10) -> bool:
+    """True once SIGTERM/SIGINT arrived. Under DDP, true on every rank once any rank got one, so all ranks
+    stop after the same step: they agree by an all-reduce every `every` calls, since reading its result is
+    a host sync that would stall the GPU queue if done every step."""
+    if world == 1:
+        return stop.received is not None
+    stop.checks += 1
+    if stop.checks % every:
+        return False
+    flag = torch.tensor([int(stop.received is not None)], device=device)
+    torch.distributed.all_reduce(flag)
+    return bool(flag.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory: config, console and metrics lines, images, wandb
+
+class Logger:
+    """Writes the run directory and the logs. On ranks other than 0 every method does nothing."""
+
+    def __init__(self, args, script: str, run_dir: str, main_process: bool = True):
+        self.args, self.script, self.main = args, script, main_process
+        self.dir = Path(run_dir)
+        self.start_time, self.wandb = time.time(), None
+        self.last_time, self.last_step = None, None
+        if not self.main:
+            return
+        try:
+            (self.dir / "samples").mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to the run directory {self.dir} ({e.strerror or e})") from None
+        config = dataclasses.asdict(args)
+        (self.dir / "config.json").write_text(json.dumps({"script": script, **config}, indent=2) + "\n")
+        if args.track:
+            import wandb  # imported only when tracking is on
+            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=config,
+                                    name=self.dir.name, dir=str(self.dir), resume="allow",
+                                    id=f"{script}-{self.dir.resolve().name}")
+
+    def log(self, step: int, total: int, metrics: dict, images_per_step: int):
+        """Print a console line and append to metrics.jsonl. Tensors are read here, at log steps only."""
+        if not self.main:
+            return
+        now = time.time()
+        values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        if self.last_time is not None and step > self.last_step:
+            values["img_per_s"] = (step - self.last_step) * images_per_step / (now - self.last_time)
+        self.last_time, self.last_step = now, step
+        elapsed = now - self.start_time
+        values["elapsed_s"] = elapsed
+        self.write_metrics(step, values)
+        rate = values.get("img_per_s")
+        eta = (total - step) * images_per_step / rate if rate else float("nan")
+        losses = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in ("img_per_s", "elapsed_s"))
+        speed = f"{rate:,.0f} img/s" if rate else "- img/s"
+        print(f"step {step}/{total} | {losses} | {speed} | elapsed {_clock(elapsed)} | eta {_clock(eta)}", flush=True)
+
+    def write_metrics(self, step: int, values: dict):
+        if not self.main:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def save_image(self, image: torch.Tensor, name: str):
+        """Save a (C, H, W) image in [0, 1] under the run dir; also to wandb when tracking."""
+        if not self.main:
+            return
+        from torchvision.utils import save_image
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(image, path)
+        if self.wandb is not None:
+            import wandb
+            self.wandb.log({name.split("/")[0]: wandb.Image(str(path))}, step=self.last_step)
+        return path
+
+    def close(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def export_images(images_fn, n: int, out_dir: Path, batch_size: int, names=None):
+    """Write n generated images as PNG files (uint8, as FID tools read them). images_fn(k) -> (k, C, H, W) in [-1, 1]."""
+    from PIL import Image
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    while done < n:
+        k = min(batch_size, n - done)
+        for i, img in enumerate(quantize(images_fn(k)).cpu()):
+            name = names[done + i] if names else f"{done + i:06d}.png"
+            array = img.permute(1, 2, 0).numpy()
+            Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(out_dir / name)
+        done += k
+    print(f"exported {n} images to {out_dir}")
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+class Run:
+    """A training run's state and chores. See the module docstring for the calls a script makes."""
+
+    @classmethod
+    def start(cls, script: str, args_cls, title: str, argv=None):
+        """Parse the flags (merged with the saved ones under --resume), pick the device and precision,
+        join the process group under torchrun, and seed: every rank builds identical initial weights."""
+        args, given = parse_args(args_cls, title, argv)
+        with user_errors():
+            state = None
+            if args.resume:
+                state = load_checkpoint(args.resume, script)
+                args = merge_resumed(args, given, state["args"])
+            args.run_dir = args.run_dir or f"runs/{script}"
+            device, rank, world = init_distributed(args.device)
+        return cls(script, args, state, device, rank, world)
+
+    def __init__(self, script, args, state, device, rank, world):
+        self.script, self.args, self.saved = script, args, state
+        self.device, self.rank, self.world, self.main = device, rank, world, rank == 0
+        self.amp_dtype = resolve_amp(args.amp, device)
+        self.compile = resolve_compile(args.compile, device)
+        # fp16 needs loss scaling; bf16 and float32 do not (the scaler is then a no-op).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.step, self.total_steps = 0, args.steps
+        self.data, self.tracked, self.log = None, {}, None
+        self.sample, self.grid, self.grid_rows, self.fid, self.stop = None, None, 8, None, None
+        self.note = ""  # appended to the line that starts training
+        torch.manual_seed(args.seed)
+
+    def load_data(self, image_size: int, need_labels: bool = False, toy: bool = False):
+        """The dataset on the device (this rank's share under DDP). Flips default on, off for digits."""
+        args = self.args
+        if args.dataset in datasets.TOY_DATASETS and not toy:
+            raise UserError(f"{self.script}.py trains on images; for ring8 / grid25 use minimal_gan.py")
+        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
+        self.data = datasets.load(args.dataset, args.data_dir, image_size, self.device, flip=flip,
+                                  need_labels=need_labels, rank=self.rank, world=self.world)
+        return self.data
+
+    def track(self, **state):
+        """Name the state a checkpoint holds: modules, optimizers, schedulers (anything with a state_dict)
+        and tensors (restored in place); None for an absent part (EMA off). Under --resume, restore them,
+        the step and the RNG; otherwise give each rank its own stream of batches and z."""
+        self.tracked = {"scaler": self.scaler, **state}
+        torch.manual_seed(self.args.seed + 1 + self.rank)
+        if self.saved is not None:
+            missing = [name for name in self.tracked if name not in self.saved]
+            if missing:
+                raise UserError(f"--resume {self.args.resume}: the checkpoint has no {', '.join(missing)} "
+                                "(written by an older version of this script?); start a new run")
+            for name, obj in self.tracked.items():
+                if obj is None:
+                    continue
+                if torch.is_tensor(obj):
+                    obj.copy_(self.saved[name])
+                else:
+                    obj.load_state_dict(self.saved[name])
+            self.step = self.saved["step"]
+            restore_rng(self.saved["rng"], self.rank, self.world)
+            self.saved = None  # free the host copy of the weights
+        self.log = Logger(self.args, self.script, self.args.run_dir, main_process=self.main)
+
+    def set_samplers(self, sample, grid, grid_rows: int = 8):
+        """sample(k) -> k random images in [-1, 1], for FID and --export; grid() -> the fixed-z images of the
+        sample grids (4-D, shown `grid_rows` per row) or one ready picture (3-D, in [0, 1])."""
+        self.sample, self.grid, self.grid_rows = sample, grid, grid_rows
+
+    def wrap(self, module: nn.Module, **ddp_options) -> nn.Module:
+        """The module to train with: DDP under torchrun, then torch.compile when on. Checkpoints and
+        sampling use the plain module, so a checkpoint loads with or without either."""
+        module = self.ddp(module, **ddp_options)
+        return torch.compile(module) if self.compile else module
+
+    def ddp(self, module: nn.Module, **ddp_options) -> nn.Module:
+        """DDP under torchrun (gradients all-reduced in backward), else the module itself."""
+        return nn.parallel.DistributedDataParallel(module, **ddp_options) if self.world > 1 else module
+
+    def next_step(self) -> bool:
+        """True while there are steps to train; the first call prints what the run will do."""
+        if self.stop is None:
+            self.stop = StopSignal()
+            if self.step < self.total_steps:
+                shape = tuple(self.data.shape) if self.data is not None else ""
+                print(f"{self.script}: {self.args.dataset} {shape} on {self.device}, amp {self.amp_dtype}, "
+                      f"compile {self.compile}, from step {self.step} to {self.total_steps}{self.note}", flush=True)
+        return self.step < self.total_steps
+
+    def after_step(self, metrics: dict, images_per_step: int = None, log_extra=None):
+        """Count the step, then do what falls due: log (metrics, and log_extra() if given), sample grid, FID,
+        checkpoint, and stop on SIGTERM/SIGINT after saving."""
+        args = self.args
+        self.step += 1
+        step, last = self.step, self.step == self.total_steps
+        stopping = stop_requested(self.stop, self.world, self.device)
+        due = lambda every: (every and step % every == 0) or last
+        if step % args.log_every == 0 or last or stopping:
+            check_finite(metrics, step, self.scaler)
+            extra = log_extra() if log_extra is not None else {}
+            self.log.log(step, self.total_steps, {**metrics, **extra}, images_per_step or args.batch_size * self.world)
+        # Sampling draws z and noise from a forked RNG, so the training stream (and a resumed run) ignores it.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if due(args.sample_every):
+                self._save_grid()
+            if self._use_fid() and due(args.fid_every):
+                self._score_fid()
+        if due(args.ckpt_every) or stopping:
+            check_finite(metrics, step, self.scaler)
+            self.checkpoint()
+        if stopping:
+            print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
+                  f"continue with --resume {args.run_dir}")
+            sys.exit(0)
+
+    def checkpoint(self):
+        """Every rank takes part (the RNG states are gathered); rank 0 writes."""
+        state = {name: (obj if torch.is_tensor(obj) or obj is None else obj.state_dict())
+                 for name, obj in self.tracked.items()}
+        rngs = all_rng_states(self.world)
+        if self.main:
+            save_checkpoint(self.log.dir / "checkpoint.pt", {"script": self.script, "step": self.step,
+                                                              "args": dataclasses.asdict(self.args), "rng": rngs, **state})
+
+    def finish(self, export=None):
+        """After the last step: write --export N samples (export(n, folder) replaces the default PNGs)."""
+        args = self.args
+        if args.export and self.main:
+            out = Path(args.run_dir) / "export"
+            if export is not None:
+                export(args.export, out)
+            else:
+                export_images(self.sample, args.export, out, args.batch_size)
+        self.log.close()
+
+    def _save_grid(self):
+        if not self.main:
+            return
+        images = self.grid().detach().float().cpu()
+        if images.ndim == 4:
+            from torchvision.utils import make_grid
+            images = make_grid(images.clamp(-1, 1), nrow=self.grid_rows, normalize=True, value_range=(-1, 1))
+        self.log.save_image(images, f"samples/step_{self.step:07d}.png")
+
+    def _use_fid(self):
+        args = self.args
+        on = args.fid == "on" or (args.fid == "auto" and self.device.type == "cuda")
+        return on and self.main and self.data is not None and not self.data.is_2d
+
+    def _score_fid(self):
+        self.fid = self.fid or FID.try_create(self.data, self.args.data_dir, self.args.fid_weights, self.device)
+        if self.fid is None:
+            return
+        value = self.fid.score(self.sample, self.args.fid_samples)
+        self.log.write_metrics(self.step, {"fid": value})
+        print(f"step {self.step}: FID {value:.2f} ({self.args.fid_samples} samples)", flush=True)
