@@ -27,8 +27,6 @@ settings were chosen by short CPU runs on grid25 (README gives the measured figu
 import copy
 import dataclasses
 import math
-import sys
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -37,20 +35,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from common import data as datasets
-from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from common.fid import FID
-from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
-                        restore_rng, stop_requested)
+from common.cli import RunArgs, UserError, arg, user_errors
+from common.run import Run
 
 
 @dataclasses.dataclass
-class Args:
+class Args(RunArgs):
     dataset: str = arg("grid25", "ring8, grid25, or an image dataset (mnist, fashion_mnist, cifar10, celeba, a folder)")
-    data_dir: str = arg("data", "where image datasets and their decoded caches live")
     image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)")
     batch_size: int = arg(512, "batch size per GPU (paper: 100; 512 keeps more 2-D modes)")
     steps: int = arg(8000, "generator updates to train for")
+    flip: Optional[bool] = arg(False, "random horizontal flips of image data (paper: none)")
     loss: str = arg("nonsaturating", "generator loss (paper eq. 1 or its sec. 3 variant)", choices=["minimax", "nonsaturating"])
     d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)")
     z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)")
@@ -60,24 +55,10 @@ class Args:
     dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)")
     lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)")
     beta1: float = arg(0.5, "Adam beta1")
-    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
-    ema_decay: float = arg(0.999, "EMA decay per step")
-    seed: int = arg(0, "random seed")
-    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
-    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
-    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
-    run_dir: str = arg("runs/minimal_gan", "where config, metrics, samples and checkpoint are written")
     log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode metrics)")
     sample_every: int = arg(2000, "sample picture every N steps (0: only at the end)")
     ckpt_every: int = arg(2000, "checkpoint every N steps (0: only at the end)")
-    fid: str = arg("auto", "FID for image data: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(0, "FID every N steps (0: only at the end)")
-    fid_samples: int = arg(10000, "generated images per FID")
-    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
-    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
-    track: bool = arg(False, "log to Weights & Biases")
-    wandb_project: str = arg("gan-reference", "wandb project")
-    wandb_entity: Optional[str] = arg(None, "wandb entity")
+    fid_every: int = arg(0, "FID every N steps (0: only at the end; image data only)")
     export: int = arg(0, "after training, write N samples (images: PNGs in RUN_DIR/export; 2-D: RUN_DIR/export.npy)")
 
 
@@ -183,115 +164,54 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def save_points(sample):
+    """--export for 2-D data: N points in RUN_DIR/export.npy."""
+    def export(n, folder):
+        path = folder.with_suffix(".npy")
+        np.save(path, sample(n).cpu().numpy())
+        print(f"exported {n} points to {path}")
+    return export
+
+
 def main():
-    args, given = parse_args(Args, __doc__.split("\n")[0])
+    run = Run.start("minimal_gan", Args, "Generative Adversarial Nets")
+    args, device = run.args, run.device
     with user_errors():
-        state = None
-        if args.resume:
-            state = load_checkpoint(args.resume, "minimal_gan")
-            args = merge_resumed(args, given, state["args"])
         if args.d_steps < 1 or args.hidden < 1 or args.layers < 1 or args.maxout < 1:
             raise UserError("--d-steps, --hidden, --layers and --maxout must be at least 1")
-        device, rank, world = init_distributed(args.device)
-        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, rank=rank, world=world)
+        data = run.load_data(args.image_size, toy=True)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
         if args.z_dim is None:
             args.z_dim = 2 if data.is_2d else 100
-        amp_dtype = resolve_amp(args.amp, device)
-
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
         G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
         D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         z_fixed = torch.randn(2500 if data.is_2d else 64, args.z_dim, device=device)
-        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
-        step = 0
-        if state is not None:
-            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            z_fixed, step = state["z_fixed"].to(device), state["step"]
-            restore_rng(state["rng"], rank, world)
-
-        G_train, D_train = G, D
-        if world > 1:
-            G_train, D_train = nn.parallel.DistributedDataParallel(G), nn.parallel.DistributedDataParallel(D)
-        if resolve_compile(args.compile, device):
-            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-
-        run = Run(args, "minimal_gan", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
-        use_fid = not data.is_2d and (args.fid == "on" or (args.fid == "auto" and device.type == "cuda"))
-        fid = None
+        sample = lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device))
+        if data.is_2d:  # 2-D data: a picture of 2,500 fixed-z samples and the modes, and the mode metrics
+            run.set_samplers(sample, grid=lambda: draw_points(generate(G_sample, z_fixed), data.centres, data.std))
+            evaluate = lambda: mode_metrics(generate(G_sample, z_fixed), data.centres, data.std)
+        else:
+            run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed))
+            evaluate = None
+        G_train, D_train = run.wrap(G), run.wrap(D)
 
-        def evaluate():
-            """2-D data: mode metrics over 2,500 samples from the fixed z. Images: nothing extra."""
-            if not data.is_2d:
-                return {}
-            return mode_metrics(generate(G_sample, z_fixed), data.centres, data.std)
-
-        def save_samples():
-            if data.is_2d:
-                run.save_image(draw_points(generate(G_sample, z_fixed), data.centres, data.std),
-                               f"samples/step_{step:07d}.png")
-            else:
-                run.save_grid(step, generate(G_sample, z_fixed))
-
-        def checkpoint():
-            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
-                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
-
-        stop = StopSignal()
-        if step < args.steps:
-            print(f"minimal_gan ({args.loss}): {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, "
-                  f"compile {resolve_compile(args.compile, device)}, from step {step} to {args.steps}", flush=True)
-        while step < args.steps:
-            losses = train_step(G_train, D_train, opt_g, opt_d, scaler, data, args, amp_dtype)
+        while run.next_step():
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype)
             if ema is not None:
                 torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
-            step += 1
-            last = step == args.steps
-            stopping = stop_requested(stop, world, device)
-            if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step, scaler)
-                run.log(step, args.steps, {**losses, **evaluate()}, args.batch_size * world)
-            if (args.sample_every and step % args.sample_every == 0) or last:
-                save_samples()
-            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
-                fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
-                if fid is not None:
-                    value = fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
-                                      args.fid_samples)
-                    run.write_metrics(step, {"fid": value})
-                    print(f"step {step}: FID {value:.2f}", flush=True)
-            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step, scaler)
-                checkpoint()
-            if stopping:
-                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
-                sys.exit(0)
-        if rank == 0 and data.is_2d:
+            run.after_step(losses, log_extra=evaluate)
+        if run.main and data.is_2d:
             m = evaluate()
             print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
                   f"samples, reverse KL {m['reverse_kl']:.3f} (2,500 samples)")
-        if args.export and rank == 0:
-            z = lambda k: torch.randn(k, args.z_dim, device=device)
-            if data.is_2d:
-                np.save(Path(args.run_dir) / "export.npy", generate(G_sample, z(args.export)).cpu().numpy())
-                print(f"exported {args.export} points to {Path(args.run_dir) / 'export.npy'}")
-            else:
-                export_images(lambda k: generate(G_sample, z(k)), args.export, Path(args.run_dir) / "export",
-                              args.batch_size)
-        run.close()
+        run.finish(export=save_points(sample) if data.is_2d else None)
 
 
 if __name__ == "__main__":
