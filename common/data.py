@@ -65,7 +65,6 @@ class ImageData:
 
     def __init__(self, images, labels, classes, device, flip: bool, name: str, cache_key: str):
         self.name, self.device, self.flip, self.cache_key = name, device, flip, cache_key
-        self.labels_present = labels is not None
         self.num_classes = len(classes) if classes else 0
         self.classes = classes
         on_gpu = device.type == "cuda" and images.numel() < GPU_BUDGET * torch.cuda.mem_get_info(device)[0]
@@ -94,11 +93,10 @@ class ImageData:
 
 
 def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: bool = False,
-         need_labels: bool = False, rank: int = 0, world: int = 1, channels: int = 0):
+         need_labels: bool = False, rank: int = 0, world: int = 1):
     """The dataset `name` at `image_size`, ready to sample on `device`.
 
     rank/world: under DDP each rank keeps every world-th image, its own shard.
-    channels: force 1 (grey) or 3 (RGB) channels; 0 keeps the dataset's own.
     """
     if name in TOY_DATASETS:
         if need_labels:
@@ -107,9 +105,6 @@ def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: 
     if image_size < 4:
         raise UserError(f"--image-size must be at least 4, got {image_size}")
     images, labels, classes, key = _cached(name, Path(data_dir), image_size)
-    if channels and images.shape[1] != channels:
-        images = images.expand(-1, 3, -1, -1).contiguous() if channels == 3 else \
-            images.float().mean(1, keepdim=True).round().to(torch.uint8)
     if need_labels and labels is None:
         raise UserError(f"dataset {name!r} has no labels; a conditional model needs mnist, fashion_mnist, cifar10 "
                         "or a folder whose first-level sub-folders are the classes")
