@@ -1,2 +1,3 @@
-"""Plumbing shared by the GAN scripts: command line (`cli`), data (`data`), logging and
-checkpoints (`log`), FID (`fid`). Nothing a reader needs to understand a method lives here."""
+"""Plumbing shared by the GAN scripts: command line and shared flags (`cli`), data (`data`), the run
+(`run`: resume, checkpoints, logging, sample grids, FID during training, stop signals, export) and
+FID (`fid`). Nothing a reader needs to understand a method lives here."""

@@ -1,6 +1,7 @@
 """Command line, device and precision plumbing shared by the scripts.
 
-Each script declares its hyperparameters as a dataclass; `parse_args` turns the fields into
+Each script declares its hyperparameters as a dataclass that extends `RunArgs` (the flags every
+script shares); `parse_args` turns the fields into
 flags (`batch_size` -> `--batch-size`, help text from `field(metadata={"help": ...})`) and
 checks the values every script shares. A user's mistake becomes a `UserError`: one message,
 exit status 2, no traceback.
