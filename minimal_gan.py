@@ -29,7 +29,6 @@ import dataclasses
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -164,15 +163,6 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def save_points(sample):
-    """--export for 2-D data: N points in RUN_DIR/export.npy."""
-    def export(n, folder):
-        path = folder.with_suffix(".npy")
-        np.save(path, sample(n).cpu().numpy())
-        print(f"exported {n} points to {path}")
-    return export
-
-
 def main():
     run = Run.start("minimal_gan", Args, "Generative Adversarial Nets")
     args, device = run.args, run.device
@@ -211,7 +201,7 @@ def main():
             m = evaluate()
             print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
                   f"samples, reverse KL {m['reverse_kl']:.3f} (2,500 samples)")
-        run.finish(export=save_points(sample) if data.is_2d else None)
+        run.finish()
 
 
 if __name__ == "__main__":

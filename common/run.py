@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -368,12 +369,16 @@ class Run:
                                                               "args": dataclasses.asdict(self.args), "rng": rngs, **state})
 
     def finish(self, export=None):
-        """After the last step: write --export N samples (export(n, folder) replaces the default PNGs)."""
+        """After the last step: write --export N samples as PNGs (2-D data: export.npy); export(n, folder),
+        if given, writes them instead."""
         args = self.args
         if args.export and self.main:
             out = Path(args.run_dir) / "export"
             if export is not None:
                 export(args.export, out)
+            elif self.data is not None and self.data.is_2d:  # 2-D points: one (N, 2) array
+                np.save(out.with_suffix(".npy"), self.sample(args.export).cpu().numpy())
+                print(f"exported {args.export} points to {out.with_suffix('.npy')}")
             else:
                 export_images(self.sample, args.export, out, args.batch_size)
         self.log.close()
