@@ -21,60 +21,33 @@ Differences from the paper: its MNIST model is an MLP (z and y through 200- and 
 layers; a maxout D) trained with SGD + momentum, dropout and a decaying learning rate; we use the
 DCGAN convolutional networks and optimiser so that the file compares with dcgan.py and scales to
 CIFAR-10. z ~ N(0, I) instead of U(0, 1); the label embedding (a linear map of the one-hot y)
-starts at N(0, 1); batches are drawn with replacement; under DDP each GPU keeps its own BatchNorm
-statistics.
+starts at N(0, 1); batches are drawn with replacement.
 """
 import copy
 import dataclasses
 import math
-import sys
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import data as datasets
-from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from common.fid import FID
-from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
-                        restore_rng, stop_requested)
+from common.cli import RunArgs, UserError, arg, user_errors
+from common.run import Run, export_images
 
 
 @dataclasses.dataclass
-class Args:
+class Args(RunArgs):
     dataset: str = arg("mnist", "a labelled dataset: mnist, fashion_mnist, cifar10, or a folder with one sub-folder per class")
-    data_dir: str = arg("data", "where datasets and their decoded caches live")
     image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 28x28 MNIST with an MLP; DCGAN: 64)")
     batch_size: int = arg(128, "batch size per GPU (paper: 100; DCGAN: 128)")
-    steps: int = arg(20000, "generator updates to train for")
     z_dim: int = arg(100, "dimension of z (paper: 100)")
     embed_dim: int = arg(50, "size of G's label embedding (the paper maps one-hot y through a 1000-unit layer)")
     width: int = arg(64, "channels of the last G layer and first D layer (DCGAN: 64 at 64x64)")
     lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN: 2e-4; the paper used SGD, lr 0.1 decayed)")
     beta1: float = arg(0.5, "Adam beta1 (DCGAN: 0.5)")
     beta2: float = arg(0.999, "Adam beta2 (DCGAN: default 0.999)")
-    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
-    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
-    ema_decay: float = arg(0.999, "EMA decay per step")
-    seed: int = arg(0, "random seed")
-    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
-    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
-    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
-    run_dir: str = arg("runs/cgan", "where config, metrics, samples and checkpoint are written")
-    log_every: int = arg(100, "console and metrics line every N steps")
     sample_every: int = arg(1000, "sample grid (one row per class) every N steps (0: only at the end)")
-    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
-    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
     fid_samples: int = arg(10000, "generated images per FID (labels drawn as in the training set)")
-    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
-    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
-    track: bool = arg(False, "log to Weights & Biases")
-    wandb_project: str = arg("gan-reference", "wandb project")
-    wandb_entity: Optional[str] = arg(None, "wandb entity")
-    export: int = arg(0, "after training, write N class-balanced PNGs named <class>_<index>.png to RUN_DIR/export")
 
 
 def init_weights(m: nn.Module):
@@ -153,8 +126,7 @@ def train_step(G, D, opt_g, opt_d, scaler, real, labels, z_dim, amp_dtype):
     scaler.step(opt_g)
     scaler.update()
     return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean()}
+            "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
 
 
 @torch.no_grad()
@@ -173,25 +145,25 @@ def generate(G: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return images
 
 
+def export_by_class(G, n: int, folder, num_classes: int, args, device):
+    """--export for a conditional G: class-balanced samples named CLASS_INDEX.png."""
+    labels = torch.arange(n, device=device) % num_classes
+    names = [f"{y}_{i:06d}.png" for i, y in enumerate(labels.tolist())]
+    batches = iter(labels.split(args.batch_size))
+    export_images(lambda k: generate(G, torch.randn(k, args.z_dim, device=device), next(batches)), n, folder,
+                  args.batch_size, names=names)
+
+
 def main():
-    args, given = parse_args(Args, __doc__.split("\n")[0])
+    run = Run.start("cgan", Args, "Conditional Generative Adversarial Nets")
+    args, device = run.args, run.device
     with user_errors():
-        state = None
-        if args.resume:
-            state = load_checkpoint(args.resume, "cgan")
-            args = merge_resumed(args, given, state["args"])
         if args.image_size < 32 or args.image_size & (args.image_size - 1):
             raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
         if args.embed_dim < 1:
             raise UserError(f"--embed-dim must be at least 1, got {args.embed_dim}")
-        device, rank, world = init_distributed(args.device)
-        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
-        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, need_labels=True,
-                             rank=rank, world=world)
+        data = run.load_data(args.image_size, need_labels=True)
         channels, num_classes = data.shape[0], data.num_classes
-        amp_dtype = resolve_amp(args.amp, device)
-
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
         G = Generator(args.z_dim, num_classes, args.embed_dim, args.width, args.image_size, channels).to(device)
         D = Discriminator(num_classes, args.width, args.image_size, channels).to(device)
         G.apply(init_weights), D.apply(init_weights)
@@ -199,88 +171,27 @@ def main():
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         z_fixed = torch.randn(8, args.z_dim, device=device)  # one z per grid column, shared by every class row
-        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
-        step = 0
-        if state is not None:
-            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            z_fixed, step = state["z_fixed"].to(device), state["step"]
-            restore_rng(state["rng"], rank, world)
-        grid_z = z_fixed.repeat(num_classes, 1)
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
+        G_sample = ema if ema is not None else G
         grid_y = torch.arange(num_classes, device=device).repeat_interleave(len(z_fixed))
 
-        G_train, D_train = G, D
-        if world > 1:  # per-GPU BatchNorm statistics: broadcast_buffers=False also avoids PyTorch #175024
-            G_train = nn.parallel.DistributedDataParallel(G, broadcast_buffers=False)
-            D_train = nn.parallel.DistributedDataParallel(D, broadcast_buffers=False)
-        if resolve_compile(args.compile, device):
-            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-
-        run = Run(args, "cgan", args.run_dir, resumed=state is not None, main_process=rank == 0)
-        G_sample = ema if ema is not None else G
-        fid = None
-        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
-
-        def random_images(k):  # labels drawn from the training set, so FID compares like with like
+        def sample(k):  # labels drawn as in the training set, so FID compares like with like
             y = data.labels[torch.randint(len(data.labels), (k,), device=data.labels.device)].to(device)
             return generate(G_sample, torch.randn(k, args.z_dim, device=device), y)
+        run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed.repeat(num_classes, 1), grid_y),
+                         grid_rows=len(z_fixed))
+        # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
+        G_train = run.wrap(G, broadcast_buffers=False)
+        D_train = run.wrap(D, broadcast_buffers=False)
 
-        def score_fid():
-            nonlocal fid
-            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
-            return fid.score(random_images, args.fid_samples) if fid is not None else None
-
-        def checkpoint():
-            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
-                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
-
-        stop = StopSignal()
-        if step < args.steps:
-            print(f"cgan: {args.dataset} {tuple(data.shape)}, {num_classes} classes, on {device}, amp {amp_dtype}, "
-                  f"compile {resolve_compile(args.compile, device)}, from step {step} to {args.steps}", flush=True)
-        while step < args.steps:
+        while run.next_step():
             real, labels = data.batch(args.batch_size)
-            losses = train_step(G_train, D_train, opt_g, opt_d, scaler, real, labels, args.z_dim, amp_dtype)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, labels, args.z_dim, run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
-            step += 1
-            last = step == args.steps
-            stopping = stop_requested(stop, world, device)
-            if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step, scaler)
-                run.log(step, args.steps, losses, args.batch_size * world)
-            if (args.sample_every and step % args.sample_every == 0) or last:
-                run.save_grid(step, generate(G_sample, grid_z, grid_y), nrow=len(z_fixed))
-            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
-                value = score_fid()
-                if value is not None:
-                    run.write_metrics(step, {"fid": value})
-                    print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
-            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step, scaler)
-                checkpoint()
-            if stopping:
-                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
-                sys.exit(0)
-        if args.export and rank == 0:
-            export_labels = torch.arange(args.export, device=device) % num_classes  # class-balanced
-            names = [f"{y}_{i:06d}.png" for i, y in enumerate(export_labels.tolist())]
-            done = 0
-
-            def export_batch(k):
-                nonlocal done
-                y, done = export_labels[done:done + k], done + k
-                return generate(G_sample, torch.randn(k, args.z_dim, device=device), y)
-
-            export_images(export_batch, args.export, Path(args.run_dir) / "export", args.batch_size, names=names)
-        run.close()
+            run.after_step(losses)
+        run.finish(export=lambda n, folder: export_by_class(G_sample, n, folder, num_classes, args, device))
 
 
 if __name__ == "__main__":

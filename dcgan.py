@@ -112,8 +112,7 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
     scaler.step(opt_g)
     scaler.update()
     return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean()}
+            "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
 
 
 @torch.no_grad()

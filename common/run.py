@@ -278,7 +278,7 @@ class Run:
     def load_data(self, image_size: int, need_labels: bool = False, toy: bool = False):
         """The dataset on the device (this rank's share under DDP). Flips default on, off for digits."""
         args = self.args
-        if args.dataset in datasets.TOY_DATASETS and not toy:
+        if args.dataset in datasets.TOY_DATASETS and not (toy or need_labels):  # need_labels: data.load says why
             raise UserError(f"{self.script}.py trains on images; for ring8 / grid25 use minimal_gan.py")
         flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
         self.data = datasets.load(args.dataset, args.data_dir, image_size, self.device, flip=flip,
