@@ -26,14 +26,9 @@ Differences from the paper: the paper's ImageNet model is class-conditional (con
 BatchNorm in G, projection in D); this file is unconditional (plain BatchNorm, no projection),
 which the rest of this collection also is. Default size 64x64 instead of 128x128. PyTorch's
 default initialisation. EMA of G (--ema) is not in the paper and is off by default.
-Under bf16/fp16 autocast on CUDA, the power iteration's matrix-vector products follow
-autocast's precision; sigma is then accurate to about 1% (tests check the result on the CPU).
 """
 import copy
 import dataclasses
-import sys
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -41,20 +36,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.nn.utils.parametrizations import spectral_norm
 
-from common import data as datasets
-from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from common.fid import FID
-from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
-                        restore_rng, stop_requested)
+from common.cli import RunArgs, UserError, arg, user_errors
+from common.run import Run
 
 
 @dataclasses.dataclass
-class Args:
-    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
-    data_dir: str = arg("data", "where datasets and their decoded caches live")
+class Args(RunArgs):
     image_size: int = arg(64, "training resolution, a power of two >= 16 (paper: 128)")
     batch_size: int = arg(64, "batch size per GPU (paper: 256)")
-    steps: int = arg(20000, "generator updates to train for")
     z_dim: int = arg(128, "dimension of z (paper: 128)")
     width: int = arg(64, "channels at full resolution; halving the size doubles them, up to 16x (paper: 64)")
     attn_res: int = arg(32, "feature-map size of the self-attention block in G and D (paper: best at 32 and 64; 0: none)")
@@ -62,29 +51,10 @@ class Args:
     lr_d: float = arg(4e-4, "Adam learning rate of D (paper: 4e-4)")
     beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
     beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)")
-    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
-    ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
-    ema_decay: float = arg(0.999, "EMA decay per step")
-    seed: int = arg(0, "random seed")
-    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
-    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
-    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
-    run_dir: str = arg("runs/sagan", "where config, metrics, samples and checkpoint are written")
-    log_every: int = arg(100, "console and metrics line every N steps")
-    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
-    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
-    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
-    fid_samples: int = arg(10000, "generated images per FID")
-    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
-    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
-    track: bool = arg(False, "log to Weights & Biases")
-    wandb_project: str = arg("gan-reference", "wandb project")
-    wandb_entity: Optional[str] = arg(None, "wandb entity")
-    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
 
 
 def sn_conv(c_in: int, c_out: int, kernel_size: int, bias: bool = True) -> nn.Module:
+    # Under bf16/fp16 autocast the power iteration follows autocast's precision: sigma to about 1% (tested on the CPU).
     return spectral_norm(nn.Conv2d(c_in, c_out, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias))
 
 
@@ -219,12 +189,9 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def main():
-    args, given = parse_args(Args, __doc__.split("\n")[0])
+    run = Run.start("sagan", Args, "Self-Attention Generative Adversarial Networks")
+    args, device = run.args, run.device
     with user_errors():
-        state = None
-        if args.resume:
-            state = load_checkpoint(args.resume, "sagan")
-            args = merge_resumed(args, given, state["args"])
         if args.image_size < 16 or args.image_size & (args.image_size - 1):
             raise UserError(f"--image-size must be a power of two >= 16, got {args.image_size}")
         if args.attn_res and (args.attn_res not in [2 ** i for i in range(3, 16)] or args.attn_res >= args.image_size):
@@ -232,91 +199,29 @@ def main():
                             f"({args.image_size // 2}), got {args.attn_res}")
         if args.width < 8:
             raise UserError(f"--width must be at least 8 (attention uses width/8 channels), got {args.width}")
-        if args.dataset in datasets.TOY_DATASETS:
-            raise UserError("sagan.py trains on images; for ring8 / grid25 use minimal_gan.py")
-        device, rank, world = init_distributed(args.device)
-        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
-        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, rank=rank, world=world)
-        channels = data.shape[0]
-        amp_dtype = resolve_amp(args.amp, device)
-
-        torch.manual_seed(args.seed)  # identical initial weights and power-iteration vectors on every rank
-        G = Generator(args.z_dim, args.width, args.image_size, channels, args.attn_res).to(device)
-        D = Discriminator(args.width, args.image_size, channels, args.attn_res).to(device)
+        data = run.load_data(args.image_size)
+        G = Generator(args.z_dim, args.width, args.image_size, data.shape[0], args.attn_res).to(device)
+        D = Discriminator(args.width, args.image_size, data.shape[0], args.attn_res).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2), fused=fused)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
-        step = 0
-        if state is not None:
-            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            z_fixed, step = state["z_fixed"].to(device), state["step"]
-            restore_rng(state["rng"], rank, world)
-
-        G_train, D_train = G, D
-        if world > 1:  # per-GPU BatchNorm statistics; the power-iteration vectors follow identical weights on every rank
-            G_train = nn.parallel.DistributedDataParallel(G, broadcast_buffers=False)
-            D_train = nn.parallel.DistributedDataParallel(D, broadcast_buffers=False)
-        if resolve_compile(args.compile, device):
-            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-
-        run = Run(args, "sagan", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
-        fid = None
-        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
+        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
+                         grid=lambda: generate(G_sample, z_fixed))
+        # Under DDP: per-GPU BatchNorm statistics in G; the power-iteration vectors follow identical weights on every rank.
+        G_train = run.wrap(G, broadcast_buffers=False)
+        D_train = run.wrap(D, broadcast_buffers=False)
 
-        def score_fid():
-            nonlocal fid
-            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
-            if fid is None:
-                return None
-            return fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.fid_samples)
-
-        def checkpoint():
-            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
-                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
-
-        stop = StopSignal()
-        if step < args.steps:
-            print(f"sagan: {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, "
-                  f"compile {resolve_compile(args.compile, device)}, from step {step} to {args.steps}", flush=True)
-        while step < args.steps:
+        while run.next_step():
             real, _ = data.batch(args.batch_size)
-            losses = train_step(G_train, D_train, opt_g, opt_d, scaler, real, args.z_dim, amp_dtype)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, args.z_dim, run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
-            step += 1
-            last = step == args.steps
-            stopping = stop_requested(stop, world, device)
-            if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step, scaler)
-                run.log(step, args.steps, losses, args.batch_size * world)
-            if (args.sample_every and step % args.sample_every == 0) or last:
-                run.save_grid(step, generate(G_sample, z_fixed))
-            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
-                value = score_fid()
-                if value is not None:
-                    run.write_metrics(step, {"fid": value})
-                    print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
-            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step, scaler)
-                checkpoint()
-            if stopping:
-                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
-                sys.exit(0)
-        if args.export and rank == 0:
-            export_images(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.export,
-                          Path(args.run_dir) / "export", args.batch_size)
-        run.close()
+            run.after_step(losses)
+        run.finish()
 
 
 if __name__ == "__main__":
