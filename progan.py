@@ -43,29 +43,21 @@ Differences from the paper, and why:
 import copy
 import dataclasses
 import math
-import sys
-from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from common import data as datasets
-from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from common.fid import FID
-from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
-                        restore_rng, stop_requested)
+from common.cli import RunArgs, UserError, arg, user_errors
+from common.run import Run
 
 # Per-GPU batch size at each resolution (appendix A.1: 16 for 4^2-128^2, then 14, 6, 3 for memory).
 BATCH_SIZES = {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3}
 
 
 @dataclasses.dataclass
-class Args:
-    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
-    data_dir: str = arg("data", "where datasets and their decoded caches live")
+class Args(RunArgs):
     image_size: int = arg(128, "final resolution, a power of two from 8 to 1024 (paper: 1024 CelebA-HQ, 128 CelebA)")
     batch_size: int = arg(16, "cap on the per-GPU batch of BATCH_SIZES, at most 16 (paper: 16 up to 128x128, then 14, 6, 3)")
     steps: int = arg(0, "generator updates to train for (0: to the end of the growing schedule)")
@@ -79,26 +71,8 @@ class Args:
     gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)")
     eps_drift: float = arg(0.001, "weight of the drift term E[D(x)^2] (paper: 0.001)")
     mbstd_group: int = arg(4, "group size of the minibatch standard deviation (released code: 4; paper: whole batch)")
-    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits; paper: on for CelebA-HQ)")
     ema: bool = arg(True, "sample, export and score with an EMA of G's weights (paper: yes)")
     ema_decay: float = arg(0.999, "EMA decay per step (paper: 0.999)")
-    seed: int = arg(0, "random seed")
-    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
-    compile: Optional[bool] = arg(None, "torch.compile G and D, once per phase (default: on for CUDA, off on the CPU)")
-    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
-    run_dir: str = arg("runs/progan", "where config, metrics, samples and checkpoint are written")
-    log_every: int = arg(100, "console and metrics line every N steps")
-    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
-    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
-    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
-    fid_samples: int = arg(10000, "generated images per FID")
-    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
-    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
-    track: bool = arg(False, "log to Weights & Biases")
-    wandb_project: str = arg("gan-reference", "wandb project")
-    wandb_entity: Optional[str] = arg(None, "wandb entity")
-    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
 
 
 def schedule(images: int, image_size: int, phase_images: int):
@@ -295,7 +269,7 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, alpha, args, amp_dtype
     scaler.step(opt_g)
     scaler.update()
     return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "gp": penalty.detach(),
-            "w_dist": (critic_real.detach().float().mean() - critic_fake.detach().float().mean())}
+            "wasserstein": (critic_real.detach().float().mean() - critic_fake.detach().float().mean())}
 
 
 @torch.no_grad()
@@ -309,132 +283,67 @@ def generate(G: nn.Module, z: torch.Tensor, alpha: torch.Tensor, image_size: int
     return F.interpolate(G(z, alpha).float(), size=image_size, mode="nearest")
 
 
+def set_phase(phase: int, *nets):
+    """Every network's depth (resolutions in use) and fade-in flag for a phase of the schedule."""
+    for net in nets:
+        if net is not None:
+            net.depth, net.fading = (phase + 1) // 2, phase % 2 == 1
+
+
 def main():
-    args, given = parse_args(Args, __doc__.split("\n")[0])
+    run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation")
+    args, device = run.args, run.device
     with user_errors():
-        state = None
-        if args.resume:
-            state = load_checkpoint(args.resume, "progan")
-            args = merge_resumed(args, given, state["args"])
         if args.image_size not in BATCH_SIZES or args.image_size < 8:
             raise UserError(f"--image-size must be a power of two from 8 to 1024, got {args.image_size}")
         if args.batch_size > max(BATCH_SIZES.values()):
             raise UserError(f"--batch-size caps the paper's per-resolution batch (at most 16), got {args.batch_size}")
         if args.kimg_per_phase * 1000 < 1 or args.max_channels < 1 or args.mbstd_group < 1:
             raise UserError("--kimg-per-phase must be at least 0.001, --max-channels and --mbstd-group at least 1")
-        if args.dataset in datasets.TOY_DATASETS:
-            raise UserError("progan.py trains on images; for ring8 / grid25 use minimal_gan.py")
-        device, rank, world = init_distributed(args.device)
-        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
-        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, rank=rank, world=world)
-        channels = data.shape[0]
-        amp_dtype = resolve_amp(args.amp, device)
+        data = run.load_data(args.image_size)
         phase_images = round(args.kimg_per_phase * 1000)
-        end_step = steps_to_end(args.image_size, phase_images, args.batch_size, world)
-        total_steps = args.steps or end_step
-
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
-        G = Generator(args.z_dim, args.image_size, channels, args.max_channels).to(device)
-        D = Discriminator(args.image_size, channels, args.max_channels, args.mbstd_group).to(device)
+        end_step = steps_to_end(args.image_size, phase_images, args.batch_size, run.world)
+        run.total_steps, run.note = args.steps or end_step, f" (schedule ends at step {end_step})"
+        G = Generator(args.z_dim, args.image_size, data.shape[0], args.max_channels).to(device)
+        D = Discriminator(args.image_size, data.shape[0], args.max_channels, args.mbstd_group).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
-        fused = device.type == "cuda"
-        betas = (args.beta1, args.beta2)
+        fused, betas = device.type == "cuda", (args.beta1, args.beta2)
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches and z
-        step, images = 0, 0
-        if state is not None:
-            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            z_fixed, step, images = state["z_fixed"].to(device), state["step"], state["images"]
-            restore_rng(state["rng"], rank, world)
-
-        G_ddp, D_ddp = G, D
-        if world > 1:  # most layers sit unused until their phase, so DDP must look for unused parameters
-            G_ddp = nn.parallel.DistributedDataParallel(G, find_unused_parameters=True)
-            D_ddp = nn.parallel.DistributedDataParallel(D, find_unused_parameters=True)
-        use_compile = resolve_compile(args.compile, device)
-        G_train, D_train = G_ddp, D_ddp
+        images = torch.zeros((), dtype=torch.long)  # real images shown to D so far: the schedule's clock
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images)
         alpha = torch.ones((), device=device)  # a tensor input: a changing alpha does not recompile
-
-        def enter_phase(phase):
-            """Set the depth and fade flag of every network; under compile, start fresh graphs for the new shape."""
-            nonlocal G_train, D_train
-            for net in (G, D, ema):
-                if net is not None:
-                    net.depth, net.fading = (phase + 1) // 2, phase % 2 == 1
-            if use_compile:  # one compile per phase: reset drops the previous phase's graphs and recompile budget
-                torch._dynamo.reset()
-                G_train, D_train = torch.compile(G_ddp), torch.compile(D_ddp)
-
-        phase, resolution, alpha_value = schedule(images, args.image_size, phase_images)
-        enter_phase(phase)
-        alpha.fill_(alpha_value)
-
-        run = Run(args, "progan", args.run_dir, resumed=state is not None, main_process=rank == 0)
         G_sample = ema if ema is not None else G
-        fid = None
-        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
+        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), alpha,
+                                                   args.image_size),
+                         grid=lambda: generate(G_sample, z_fixed, alpha, args.image_size))
+        # Most layers sit unused until their phase, so DDP must look for unused parameters.
+        G_ddp, D_ddp = run.ddp(G, find_unused_parameters=True), run.ddp(D, find_unused_parameters=True)
+        phase = None
 
-        def sample(k):
-            return generate(G_sample, torch.randn(k, args.z_dim, device=device), alpha, args.image_size)
-
-        def score_fid():
-            nonlocal fid
-            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
-            return fid.score(sample, args.fid_samples) if fid is not None else None
-
-        def checkpoint():
-            saved_phase, saved_res, saved_alpha = schedule(images, args.image_size, phase_images)  # where training resumes
-            run.save_checkpoint({"step": step, "images": images, "phase": saved_phase, "resolution": saved_res,
-                                 "alpha": saved_alpha, "args": dataclasses.asdict(args), "G": G.state_dict(),
-                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "rng": all_rng_states(world)})
-
-        stop = StopSignal()
-        if step < total_steps:
-            print(f"progan: {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, compile {use_compile}, "
-                  f"from step {step} to {total_steps} (schedule ends at step {end_step})", flush=True)
-        while step < total_steps:
-            new_phase, resolution, alpha_value = schedule(images, args.image_size, phase_images)
+        while run.next_step():
+            new_phase, resolution, alpha_value = schedule(int(images), args.image_size, phase_images)
             if new_phase != phase:
                 phase = new_phase
-                enter_phase(phase)
+                set_phase(phase, G, D, ema)
+                G_train, D_train = G_ddp, D_ddp
+                if run.compile:  # one compile per phase: reset drops the last phase's graphs and recompile budget
+                    torch._dynamo.reset()
+                    G_train, D_train = torch.compile(G_ddp), torch.compile(D_ddp)
             alpha.fill_(alpha_value)  # on-device fill: no host-to-device copy
             batch = batch_at(resolution, args.batch_size)
             real = real_at(data.batch(batch)[0], resolution, phase % 2 == 1, alpha)
-            losses = train_step(G_train, D_train, D, opt_g, opt_d, scaler, real, alpha, args, amp_dtype)
+            losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, real, alpha, args, run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
-            step, images = step + 1, images + batch * world
-            last = step == total_steps
-            stopping = stop_requested(stop, world, device)
-            if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step, scaler)
-                run.log(step, total_steps, {**losses, "res": resolution, "alpha": alpha_value, "kimg": images / 1000},
-                        batch * world)
-            if (args.sample_every and step % args.sample_every == 0) or last:
-                run.save_grid(step, generate(G_sample, z_fixed, alpha, args.image_size))
-            if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
-                value = score_fid()
-                if value is not None:
-                    run.write_metrics(step, {"fid": value})
-                    print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples at {resolution}x{resolution})", flush=True)
-            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step, scaler)
-                checkpoint()
-            if stopping:
-                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
-                sys.exit(0)
-        if args.export and rank == 0:
-            export_images(sample, args.export, Path(args.run_dir) / "export", args.batch_size)
-        run.close()
+            images += batch * run.world
+            run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": images / 1000},
+                           images_per_step=batch * run.world)
+        if phase is None:  # no step left to train (--resume ... --export): sample where the schedule stands
+            phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)
+            set_phase(phase, G, D, ema), alpha.fill_(alpha_value)
+        run.finish()
 
 
 if __name__ == "__main__":

@@ -132,14 +132,15 @@ def test_smoke_writes_every_file_and_grows(full_run):
     assert "from step 0 to 20 (schedule ends at step 20)" in out
     rows = [r for r in metrics(run) if "d_loss" in r]
     assert [r["step"] for r in rows] == list(range(2, 21, 2))
-    assert all(math.isfinite(r[k]) for r in rows for k in ("d_loss", "g_loss", "gp", "w_dist"))
+    assert all(math.isfinite(r[k]) for r in rows for k in ("d_loss", "g_loss", "gp", "wasserstein"))
     assert [r["res"] for r in rows] == [4, 4, 8, 8, 8, 8, 16, 16, 16, 16]
     assert rows[2]["alpha"] == 0.25 and rows[3]["alpha"] == 0.75 and rows[6]["alpha"] == 0.25  # steps 6, 8, 14
     assert (run / "samples" / "step_0000010.png").exists() and (run / "samples" / "step_0000020.png").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["script"] == "progan" and config["image_size"] == 16
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] == 20 and ckpt["images"] == 160 and ckpt["resolution"] == 16 and ckpt["alpha"] == 1.0
+    assert ckpt["step"] == 20 and ckpt["images"] == 160
+    assert progan.schedule(int(ckpt["images"]), 16, 32)[1:] == (16, 1.0)  # (resolution, alpha) where it resumes
 
 
 def test_export_writes_pngs_at_the_final_size(full_run):
@@ -164,8 +165,8 @@ def test_resume_mid_fade_in_matches_uninterrupted_run(full_run, mnist_dir, tmp_p
     run_script("progan.py", *TINY, "--data-dir", mnist_dir, "--steps", "14", "--run-dir", b)
     mid = torch.load(b / "checkpoint.pt", weights_only=False)
     # 14 steps x 8 images = 112 images: phase 3 (fade-in of 16x16) started at 96, so alpha = 16 / 32.
-    assert (mid["step"], mid["images"], mid["phase"], mid["resolution"]) == (14, 112, 3, 16)
-    assert mid["alpha"] == 0.5
+    assert (mid["step"], mid["images"]) == (14, 112)
+    assert progan.schedule(int(mid["images"]), 16, 32) == (3, 16, 0.5)
     out = run_script("progan.py", "--resume", b, "--steps", "0").stdout
     assert "from step 14 to 20" in out
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
