@@ -26,8 +26,6 @@ every 16th D loss (one backward) instead of a separate step. Noise strength is p
 import copy
 import dataclasses
 import math
-import sys
-from pathlib import Path
 from typing import Optional
 
 import einops
@@ -35,17 +33,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import data as datasets
-from common.cli import UserError, arg, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from common.fid import FID
-from common.log import (Run, StopSignal, all_rng_states, check_finite, export_images, load_checkpoint,
-                        restore_rng, stop_requested)
+from common.cli import RunArgs, UserError, arg, user_errors
+from common.run import Run, export_images
 
 
 @dataclasses.dataclass
-class Args:
-    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
-    data_dir: str = arg("data", "where datasets and their decoded caches live")
+class Args(RunArgs):
     image_size: int = arg(64, "training resolution, a power of two >= 8 (paper: 256 to 1024)")
     batch_size: int = arg(32, "batch size per GPU (paper: 32 in total)")
     steps: int = arg(50000, "generator updates to train for (paper: 25M images, i.e. 780k steps at batch 32)")
@@ -64,27 +57,9 @@ class Args:
     r1_every: int = arg(16, "lazy R1: penalize every N D steps, scaled by N (paper: 16)")
     mixing_prob: float = arg(0.9, "style mixing probability (paper: 0.9)")
     truncation_psi: float = arg(1.0, "truncation psi for sample grids and --export (1: none; FID always uses 1)")
-    flip: Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
     ema: bool = arg(True, "sample, export and score with an EMA of G's weights (paper: yes)")
     ema_decay: Optional[float] = arg(None, "EMA decay per step (default: a half-life of 10k images as in the paper, "
                                            "0.5 ** (batch * gpus / 10000))")
-    seed: int = arg(0, "random seed")
-    device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
-    compile: Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
-    amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA, off on the CPU", choices=["auto", "bf16", "fp16", "off"])
-    run_dir: str = arg("runs/stylegan_lite", "where config, metrics, samples and checkpoint are written")
-    log_every: int = arg(100, "console and metrics line every N steps")
-    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
-    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
-    fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
-    fid_samples: int = arg(10000, "generated images per FID")
-    fid_weights: Optional[str] = arg(None, "FID Inception weights file (default: download once)")
-    resume: Optional[str] = arg(None, "run directory to continue from its checkpoint")
-    track: bool = arg(False, "log to Weights & Biases")
-    wandb_project: str = arg("gan-reference", "wandb project")
-    wandb_entity: Optional[str] = arg(None, "wandb entity")
-    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
 
 
 def lrelu(x):
@@ -331,16 +306,11 @@ def generate(G: nn.Module, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
 
 
 def main():
-    args, given = parse_args(Args, __doc__.split("\n")[0])
+    run = Run.start("stylegan_lite", Args, "Analyzing and Improving the Image Quality of StyleGAN")
+    args, device = run.args, run.device
     with user_errors():
-        state = None
-        if args.resume:
-            state = load_checkpoint(args.resume, "stylegan_lite")
-            args = merge_resumed(args, given, state["args"])
         if args.image_size < 8 or args.image_size & (args.image_size - 1):
             raise UserError(f"--image-size must be a power of two >= 8, got {args.image_size}")
-        if args.dataset in datasets.TOY_DATASETS:
-            raise UserError("stylegan_lite.py trains on images; for ring8 / grid25 use minimal_gan.py")
         if args.channel_base < args.image_size or args.channel_max < 1:
             raise UserError(f"--channel-base ({args.channel_base}) must be >= --image-size ({args.image_size}) and "
                             f"--channel-max >= 1, so every resolution has at least one channel")
@@ -349,101 +319,41 @@ def main():
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
         if not 0 <= args.mixing_prob <= 1:
             raise UserError(f"--mixing-prob must be in [0, 1], got {args.mixing_prob}")
-        device, rank, world = init_distributed(args.device)
-        flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
-        data = datasets.load(args.dataset, args.data_dir, args.image_size, device, flip=flip, rank=rank, world=world)
-        channels = data.shape[0]
-        amp_dtype = resolve_amp(args.amp, device)
-        total_batch = args.batch_size * world
+        data = run.load_data(args.image_size)
+        total_batch = args.batch_size * run.world
         r1_gamma = args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / total_batch
         ema_decay = args.ema_decay if args.ema_decay is not None else 0.5 ** (total_batch / 10000)
-
-        torch.manual_seed(args.seed)  # identical initial weights on every rank
-        G = Generator(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lr_mul, args.image_size, channels,
+        run.note = f", R1 gamma {r1_gamma:.4g}, EMA decay {ema_decay:.5f}"
+        G = Generator(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lr_mul, args.image_size, data.shape[0],
                       args.channel_base, args.channel_max).to(device)
-        D = Discriminator(args.image_size, channels, args.channel_base, args.channel_max, args.mbstd_group).to(device)
+        D = Discriminator(args.image_size, data.shape[0], args.channel_base, args.channel_max, args.mbstd_group).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
         c = args.r1_every / (args.r1_every + 1)  # lazy regularization: D's lr and betas adjusted (appendix B)
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(args.beta1 ** c, args.beta2 ** c), eps=1e-8,
                                  fused=fused)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        torch.manual_seed(args.seed + 1 + rank)  # each rank draws its own batches, z and noise
-        step, r1_last = 0, torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
-        if state is not None:
-            G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
-            opt_g.load_state_dict(state["opt_g"]), opt_d.load_state_dict(state["opt_d"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            z_fixed, step, r1_last = state["z_fixed"].to(device), state["step"], state["r1_last"].to(device)
-            restore_rng(state["rng"], rank, world)
-
-        G_train, D_train = G, D
-        if world > 1:  # each rank tracks its own w_avg (rank 0's is saved); also avoids PyTorch #175024
-            G_train = nn.parallel.DistributedDataParallel(G, broadcast_buffers=False)
-            D_train = nn.parallel.DistributedDataParallel(D, broadcast_buffers=False)
-        if resolve_compile(args.compile, device):
-            G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-
-        run = Run(args, "stylegan_lite", args.run_dir, resumed=state is not None, main_process=rank == 0)
+        r1_last = torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, r1_last=r1_last)
         G_sample = ema if ema is not None else G
-        fid = None
-        use_fid = args.fid == "on" or (args.fid == "auto" and device.type == "cuda")
+        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),  # FID: psi 1
+                         grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
+        # Under DDP each rank tracks its own w_avg (rank 0's is saved); this also avoids PyTorch #175024.
+        G_train = run.wrap(G, broadcast_buffers=False)
+        D_train = run.wrap(D, broadcast_buffers=False)
 
-        def score_fid():
-            nonlocal fid
-            fid = fid or FID.try_create(data, args.data_dir, args.fid_weights, device)
-            if fid is None:
-                return None
-            return fid.score(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)), args.fid_samples)
-
-        def checkpoint():
-            run.save_checkpoint({"step": step, "args": dataclasses.asdict(args), "G": G.state_dict(),
-                                 "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                 "scaler": scaler.state_dict(), "z_fixed": z_fixed, "r1_last": r1_last,
-                                 "rng": all_rng_states(world)})
-
-        stop = StopSignal()
-        if step < args.steps:
-            print(f"stylegan_lite: {args.dataset} {tuple(data.shape)} on {device}, amp {amp_dtype}, compile "
-                  f"{resolve_compile(args.compile, device)}, R1 gamma {r1_gamma:.4g}, EMA decay {ema_decay:.5f}, "
-                  f"from step {step} to {args.steps}", flush=True)
-        while step < args.steps:
+        while run.next_step():
             real, _ = data.batch(args.batch_size)
-            losses = train_step(G_train, D_train, D, opt_g, opt_d, scaler, real, args, r1_gamma,
-                                step % args.r1_every == 0, amp_dtype)
-            r1_last = losses.pop("r1", r1_last)
+            losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, real, args, r1_gamma,
+                                run.step % args.r1_every == 0, run.amp_dtype)
+            r1_last.copy_(losses.pop("r1", r1_last))
             if ema is not None:
                 ema_update(ema, G, ema_decay)
-            step += 1
-            last = step == args.steps
-            stopping = stop_requested(stop, world, device)
-            if step % args.log_every == 0 or last or stopping:
-                check_finite(losses, step, scaler)
-                run.log(step, args.steps, {**losses, "r1": r1_last}, total_batch)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                # Sampling draws z and noise; forked, so the training RNG stream (and a resumed run) ignores it.
-                if (args.sample_every and step % args.sample_every == 0) or last:
-                    run.save_grid(step, generate(G_sample, z_fixed, args.truncation_psi))
-                if use_fid and rank == 0 and ((args.fid_every and step % args.fid_every == 0) or last):
-                    value = score_fid()
-                    if value is not None:
-                        run.write_metrics(step, {"fid": value})
-                        print(f"step {step}: FID {value:.2f} ({args.fid_samples} samples)", flush=True)
-            if (args.ckpt_every and step % args.ckpt_every == 0) or last or stopping:
-                check_finite(losses, step, scaler)
-                checkpoint()
-            if stopping:
-                print(f"stopped by {stop.received or 'another rank'} at step {step}; continue with --resume {args.run_dir}")
-                sys.exit(0)
-        if args.export and rank == 0:
-            export_images(lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), args.truncation_psi),
-                          args.export, Path(args.run_dir) / "export", args.batch_size)
-        run.close()
+            run.after_step({**losses, "r1": r1_last}, images_per_step=total_batch)
+        run.finish(export=lambda n, folder: export_images(
+            lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), args.truncation_psi),
+            n, folder, args.batch_size))
 
 
 if __name__ == "__main__":
