@@ -138,8 +138,9 @@ def train_step(G, D, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
-            "wasserstein": critic_real.detach().float().mean() - critic_fake.detach().float().mean()}
+    d_real, d_fake = critic_real.detach().float().mean(), critic_fake.detach().float().mean()
+    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "wasserstein": d_real - d_fake,
+            "d_real": d_real, "d_fake": d_fake}
 
 
 @torch.no_grad()
@@ -180,8 +181,7 @@ def main():
         G_sample = ema if ema is not None else G
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed))
-        # Under DDP each GPU keeps its own BatchNorm statistics (this also avoids PyTorch #175024); every rank
-        # clips the same all-reduced weights, so the replicas stay identical.
+        # DDP: per-GPU BatchNorm statistics (also avoids PyTorch #175024); ranks clip identical all-reduced weights.
         G_train = run.wrap(G, broadcast_buffers=False)
         D_train = run.wrap(D, broadcast_buffers=False)
 

@@ -113,19 +113,12 @@ def interpolate(real, fake):
 
 def gradient_penalty(critic, real, fake, gp_lambda, autocast=contextlib.nullcontext(), scaler=None):
     """lambda * mean_i (||grad_x D(x_hat_i)||_2 - 1)^2 in float32, differentiable w.r.t. the critic's parameters.
-
-    `critic` must be the plain nn.Module, which shares its parameters with the compiled and DDP ones:
-    torch.compile does not support the double backward (PyTorch #91469, #181581), and outside DDP the inner
-    autograd.grad (w.r.t. x_hat only) never reaches DDP's reducer. The penalty joins the DDP loss, and one
-    backward of the sum fills .grad, which DDP averages over ranks. Under fp16 the inner gradient is taken of
-    the scaled score and divided by the same scale (PyTorch's AMP gradient-penalty recipe), so small gradients
-    do not underflow and an overflow makes the GradScaler skip the step.
-    """
+    `critic` is the plain nn.Module, which shares its parameters with the compiled and DDP ones."""
     x_hat = interpolate(real.detach().float(), fake.detach().float()).requires_grad_(True)
     with autocast:
-        score = critic(x_hat)
-    # scaler.scale of a one is the current scale as a tensor (1 when the scaler is off): no host sync.
-    scale = scaler.scale(torch.ones((), device=x_hat.device)) if scaler is not None else 1.0
+        score = critic(x_hat)  # plain module: torch.compile has no double backward (PyTorch #91469, #181581)
+    scale = scaler.scale(torch.ones((), device=x_hat.device)) if scaler is not None else 1.0  # a tensor: no host sync
+    # Of the scaled score, then unscaled (PyTorch's AMP penalty recipe): no fp16 underflow, an overflow skips the step.
     (grad,) = torch.autograd.grad(score.float().sum() * scale, x_hat, create_graph=True)
     norm = (grad.float() / scale).flatten(1).norm(dim=1)  # over C, H, W of each sample
     return gp_lambda * ((norm - 1) ** 2).mean()
@@ -144,6 +137,7 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp
             scores = D(torch.cat([real, fake.to(real.dtype)]))  # one forward: the critic has no batch coupling
             critic_real, critic_fake = scores[:batch_size], scores[batch_size:]
             loss_w = d_loss(critic_real, critic_fake)
+        # The plain critic, outside DDP: its reducer never sees the penalty's inner autograd.grad.
         gp = gradient_penalty(D_plain, real, fake, gp_lambda, autocast, scaler)
         loss_d = loss_w + gp
         opt_d.zero_grad(set_to_none=True)
@@ -157,8 +151,9 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "gp": gp.detach(),
-            "wasserstein": critic_real.detach().float().mean() - critic_fake.detach().float().mean()}
+    d_real, d_fake = critic_real.detach().float().mean(), critic_fake.detach().float().mean()
+    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "gp": gp.detach(), "wasserstein": d_real - d_fake,
+            "d_real": d_real, "d_fake": d_fake}
 
 
 @torch.no_grad()
@@ -198,8 +193,7 @@ def main():
         G_sample = ema if ema is not None else G
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed))
-        # Under DDP G keeps per-GPU BatchNorm statistics (this also avoids PyTorch #175024); D itself stays the
-        # plain module the penalty runs through.
+        # DDP: G keeps per-GPU BatchNorm statistics (also avoids PyTorch #175024).
         G_train = run.wrap(G, broadcast_buffers=False)
         D_train = run.wrap(D, broadcast_buffers=False)
 

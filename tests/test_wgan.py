@@ -23,6 +23,7 @@ def test_smoke_writes_every_file_and_clips(mnist_dir, tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"], r["wasserstein"]])).all() for r in rows)
     assert all(abs(r["wasserstein"] + r["d_loss"]) < 1e-6 for r in rows)  # the estimate is -d_loss
+    assert all(abs(r["wasserstein"] - (r["d_real"] - r["d_fake"])) < 1e-5 for r in rows)  # raw critic means
     assert (run / "samples" / "step_0000002.png").exists() and (run / "samples" / "step_0000004.png").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["script"] == "wgan" and config["image_size"] == 32 and config["lr"] == 5e-5

@@ -31,6 +31,7 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"], r["gp"], r["wasserstein"]])).all() for r in rows)
     assert all(abs(r["d_loss"] - (r["gp"] - r["wasserstein"])) < 1e-4 for r in rows)  # d_loss = -W + gp
+    assert all(abs(r["wasserstein"] - (r["d_real"] - r["d_fake"])) < 1e-5 for r in rows)  # raw critic means
     assert (run / "samples" / "step_0000002.png").exists() and (run / "samples" / "step_0000004.png").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["script"] == "wgan_gp" and (config["lr"], config["beta1"], config["beta2"]) == (1e-4, 0.0, 0.9)
