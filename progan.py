@@ -283,11 +283,15 @@ def generate(G: nn.Module, z: torch.Tensor, alpha: torch.Tensor, image_size: int
     return F.interpolate(G(z, alpha).float(), size=image_size, mode="nearest")
 
 
-def set_phase(phase: int, *nets):
-    """Every network's depth (resolutions in use) and fade-in flag for a phase of the schedule."""
+def enter_phase(phase: int, compile: bool, G_ddp, D_ddp, *nets):
+    """Set every network's depth (resolutions in use) and fade-in flag for `phase`; return G and D to train."""
     for net in nets:
         if net is not None:
             net.depth, net.fading = (phase + 1) // 2, phase % 2 == 1
+    if not compile:
+        return G_ddp, D_ddp
+    torch._dynamo.reset()  # one compile per phase: drop the last phase's graphs and recompile budget
+    return torch.compile(G_ddp), torch.compile(D_ddp)
 
 
 def main():
@@ -313,24 +317,18 @@ def main():
         z_fixed = torch.randn(64, args.z_dim, device=device)
         images = torch.zeros((), dtype=torch.long)  # real images shown to D so far: the schedule's clock
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images)
-        alpha = torch.ones((), device=device)  # a tensor input: a changing alpha does not recompile
-        G_sample = ema if ema is not None else G
-        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), alpha,
-                                                   args.image_size),
-                         grid=lambda: generate(G_sample, z_fixed, alpha, args.image_size))
-        # Most layers sit unused until their phase, so DDP must look for unused parameters.
-        G_ddp, D_ddp = run.ddp(G, find_unused_parameters=True), run.ddp(D, find_unused_parameters=True)
-        phase = None
+        phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)  # where this run starts
+        alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
+        sample = lambda z: generate(ema if ema is not None else G, z, alpha, args.image_size)
+        run.set_samplers(sample=lambda k: sample(torch.randn(k, args.z_dim, device=device)), grid=lambda: sample(z_fixed))
+        G_ddp, D_ddp = (run.ddp(net, find_unused_parameters=True) for net in (G, D))  # later phases' layers sit unused
+        G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
 
         while run.next_step():
             new_phase, resolution, alpha_value = schedule(int(images), args.image_size, phase_images)
             if new_phase != phase:
                 phase = new_phase
-                set_phase(phase, G, D, ema)
-                G_train, D_train = G_ddp, D_ddp
-                if run.compile:  # one compile per phase: reset drops the last phase's graphs and recompile budget
-                    torch._dynamo.reset()
-                    G_train, D_train = torch.compile(G_ddp), torch.compile(D_ddp)
+                G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
             alpha.fill_(alpha_value)  # on-device fill: no host-to-device copy
             batch = batch_at(resolution, args.batch_size)
             real = real_at(data.batch(batch)[0], resolution, phase % 2 == 1, alpha)
@@ -338,11 +336,8 @@ def main():
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             images += batch * run.world
-            run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": images / 1000},
+            run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": int(images) / 1000},
                            images_per_step=batch * run.world)
-        if phase is None:  # no step left to train (--resume ... --export): sample where the schedule stands
-            phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)
-            set_phase(phase, G, D, ema), alpha.fill_(alpha_value)
         run.finish()
 
 

@@ -331,17 +331,15 @@ def main():
         fused = device.type == "cuda"
         c = args.r1_every / (args.r1_every + 1)  # lazy regularization: D's lr and betas adjusted (appendix B)
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
-        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(args.beta1 ** c, args.beta2 ** c), eps=1e-8,
-                                 fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(args.beta1 ** c, args.beta2 ** c), eps=1e-8, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         r1_last = torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, r1_last=r1_last)
         G_sample = ema if ema is not None else G
-        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),  # FID: psi 1
-                         grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
+        sample = lambda k, psi=1.0: generate(G_sample, torch.randn(k, args.z_dim, device=device), psi)  # FID: psi 1
+        run.set_samplers(sample=sample, grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
         # Under DDP each rank tracks its own w_avg (rank 0's is saved); this also avoids PyTorch #175024.
-        G_train = run.wrap(G, broadcast_buffers=False)
-        D_train = run.wrap(D, broadcast_buffers=False)
+        G_train, D_train = run.wrap(G, broadcast_buffers=False), run.wrap(D, broadcast_buffers=False)
 
         while run.next_step():
             real, _ = data.batch(args.batch_size)
@@ -351,9 +349,7 @@ def main():
             if ema is not None:
                 ema_update(ema, G, ema_decay)
             run.after_step({**losses, "r1": r1_last}, images_per_step=total_batch)
-        run.finish(export=lambda n, folder: export_images(
-            lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device), args.truncation_psi),
-            n, folder, args.batch_size))
+        run.finish(export=lambda n, out: export_images(lambda k: sample(k, args.truncation_psi), n, out, args.batch_size))
 
 
 if __name__ == "__main__":

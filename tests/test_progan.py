@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
 
 progan = importlib.import_module("progan")
 # 16x16 final size, 32 images per phase, batch 8: 4 steps per phase, phases 0..4, the schedule ends at step 20.
@@ -135,6 +135,7 @@ def test_smoke_writes_every_file_and_grows(full_run):
     assert all(math.isfinite(r[k]) for r in rows for k in ("d_loss", "g_loss", "gp", "wasserstein"))
     assert [r["res"] for r in rows] == [4, 4, 8, 8, 8, 8, 16, 16, 16, 16]
     assert rows[2]["alpha"] == 0.25 and rows[3]["alpha"] == 0.75 and rows[6]["alpha"] == 0.25  # steps 6, 8, 14
+    assert [r["kimg"] for r in rows][:3] == [0.016, 0.032, 0.048] and rows[-1]["kimg"] == 0.16  # images / 1000, exact
     assert (run / "samples" / "step_0000010.png").exists() and (run / "samples" / "step_0000020.png").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["script"] == "progan" and config["image_size"] == 16
