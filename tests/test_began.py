@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
 
 began = importlib.import_module("began")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_script
+from helpers import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_script
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -48,7 +48,7 @@ def test_export_is_class_balanced_with_class_prefixed_names(mnist_dir, tmp_path)
 
 
 def test_unlabelled_datasets_are_refused(folder_dataset, tmp_path):
-    from conftest import write_celeba, write_image_folder
+    from helpers import write_celeba, write_image_folder
     flat = tmp_path / "flat"
     write_image_folder(tmp_path / "tmp", classes=("only",), per_class=3)
     (tmp_path / "tmp" / "only").rename(flat)  # images directly in the folder: no classes
@@ -102,7 +102,7 @@ def test_compile(mnist_dir, tmp_path):
 @pytest.mark.slow
 def test_generates_the_requested_digit(mnist_dir, tmp_path):
     """The nearest training image of a sample drawn for class k has label k (the label is the square's position)."""
-    from conftest import digit_images
+    from helpers import digit_images
     images, labels = digit_images(200, seed=len("train"))  # the training split conftest's mnist_dir holds
     real = F.interpolate(torch.from_numpy(images).float().unsqueeze(1) / 127.5 - 1, size=32, mode="bilinear",
                          antialias=True)

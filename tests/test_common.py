@@ -11,7 +11,7 @@ import torch
 from common import data, fid
 from common import run as log
 from common.cli import UserError
-from conftest import ROOT, digit_images, write_celeba, write_cifar10, write_image_folder, write_mnist
+from helpers import ROOT, digit_images, write_celeba, write_cifar10, write_image_folder, write_mnist
 
 CPU = torch.device("cpu")
 

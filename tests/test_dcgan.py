@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 dcgan = importlib.import_module("dcgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -26,7 +26,7 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
 
 
 def test_folder_and_celeba_layouts(folder_dataset, tmp_path):
-    from conftest import write_celeba
+    from helpers import write_celeba
     run_script("dcgan.py", "--dataset", folder_dataset, "--data-dir", tmp_path / "d", "--image-size", "32",
                "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r1")
     celeba = write_celeba(tmp_path / "c")

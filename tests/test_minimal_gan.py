@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 mg = importlib.import_module("minimal_gan")
 TOY = ["--hidden", "32", "--batch-size", "64", "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2"]

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script, write_image_folder
+from helpers import ROOT, assert_same_weights, assert_user_error, run_script, write_image_folder
 
 ENV = {"OMP_NUM_THREADS": "1"}
 PROBE = "tests/ddp_probe.py"
@@ -47,29 +47,9 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def assert_user_error(proc, *needles):
-    """Exit 2, no traceback, exactly one error line, naming every needle."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def assert_same_weights(a, b, keys=("G", "D", "ema"), skip=()):
-    for key in keys:
-        if a.get(key) is None and b.get(key) is None:
-            continue
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            if not name.endswith(skip):
-                assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-
-
 # ---------------------------------------------------------------------------------------------- 1. DDP
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
     steps = 5 if script == "progan" else 3  # progan: 2 steps per phase here, so it also grows 4x4 -> 8x8 under DDP
@@ -129,6 +109,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path
     assert_same_weights(a, b)  # bit-exact on the CPU: same seed, same RNG stream, same order of operations
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(mnist_dir, tmp_path):
     """torchrun passes SIGTERM on to each rank; the ranks agree (every 10 steps) on the step to stop after,
     and each saves there (the probe records every rank's step; rank 0 writes checkpoint.pt)."""
@@ -143,6 +124,7 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(mnist_dir, 
     assert [load(run_dir / f"rank_{r}.pt")["step"] for r in (0, 1)] == [step, step]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_fp16_with_a_grad_scaler(script, mnist_dir, tmp_path):
     """--amp fp16 end to end (CPU autocast): finite losses and weights, the GradScaler's state saved. The
@@ -185,6 +167,7 @@ def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnis
     assert ckpt["step"] == 5 and all(v.isfinite().all() for v in ckpt["G"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp_path):
     """Under fp16 the GradScaler skips steps whose gradients overflow (and halves its scale), so a non-finite
     loss is tolerated while the scale is >= 1; a loss that stays NaN collapses the scale and stops the run."""
@@ -298,6 +281,7 @@ def test_resume_without_or_with_an_unreadable_checkpoint(tmp_path):
     assert_user_error(proc, "checkpoint.pt cannot be read")
 
 
+@pytest.mark.slow
 def test_resume_on_more_processes_than_saved_it(short_runs, tmp_path):
     """A preempted job often comes back on another number of GPUs: a 1-process run resumed by torchrun with 2."""
     import shutil

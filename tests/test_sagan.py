@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from conftest import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
 
 sagan = importlib.import_module("sagan")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
 
 sg = importlib.import_module("stylegan_lite")
 # One intra-op thread: on a small shared CPU, spinning worker threads make these tiny models 10-50x slower.

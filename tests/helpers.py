@@ -1,0 +1,218 @@
+"""Test helpers: tiny datasets in the real on-disk layouts, running a script as a user would, and the
+scores of the learning tests."""
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def digit_images(n: int, seed: int = 0):
+    """28x28 uint8 'digits': a bright square whose position encodes the label (0-9)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, y in enumerate(labels):
+        r, c = 4 + (y // 5) * 12, 2 + (y % 5) * 5
+        images[i, r:r + 8, c:c + 5] = 255
+    return images, labels
+
+
+def write_mnist(root: Path, name: str = "MNIST", n: int = 200):
+    """MNIST idx files as torchvision expects them under <root>/<name>/raw."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("t10k", 20)):
+        images, labels = digit_images(count, seed=len(split))
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+    return root
+
+
+def write_image_folder(root: Path, classes=("cats", "dogs"), per_class: int = 12, size=(40, 48), ext="png"):
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = (rng.random((size[1], size[0], 3)) * 60 + 80 * k).astype(np.uint8)
+            Image.fromarray(img).save(root / c / f"{i:03d}.{ext}")
+    return root
+
+
+def write_celeba(data_dir: Path, n: int = 16):
+    """img_align_celeba/*.jpg: 178x218 aligned faces (here: noise), as the official zip unpacks."""
+    from PIL import Image
+    folder = data_dir / "celeba" / "img_align_celeba"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    for i in range(1, n + 1):
+        Image.fromarray((rng.random((218, 178, 3)) * 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg")
+    return data_dir
+
+
+def write_cifar10(data_dir: Path, per_batch: int = 10):
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for i in range(1, 6):
+        d = {"data": (rng.random((per_batch, 3072)) * 255).astype(np.uint8), "labels": list(rng.integers(0, 10, per_batch))}
+        pickle.dump(d, open(folder / f"data_batch_{i}", "wb"))
+    pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, open(folder / "batches.meta", "wb"))
+    return data_dir
+
+
+def run_script(script: str, *args, env=None, check=True, timeout=900):
+    """Run `python script args...` in the repository root; return the CompletedProcess."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_compiled(script: str, *args, steps: int = 3, settled_after: int = 1, env=None):
+    """Run `script ARGS --compile` for `steps` steps, logging each, with TORCH_LOGS=recompiles; fail if
+    anything recompiles after step `settled_after` (G and D alternating must reuse their graphs; the first
+    step compiles D once for the detached fake and once for the fake G trains through). Returns the merged
+    stdout and stderr."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {}), "TORCH_LOGS": "recompiles"}
+    proc = subprocess.run([sys.executable, script, *map(str, args), "--compile", "--steps", str(steps), "--log-every", "1"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "compile True" in proc.stdout and "step 1/" in proc.stdout, proc.stdout[-3000:]
+    later = proc.stdout.split(f"step {settled_after}/", 1)[1]
+    assert "Recompiling" not in later, later[-3000:]
+    return proc.stdout
+
+
+def metrics(run_dir: Path):
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_pngs(folder: Path):
+    """All PNGs in a folder as a float tensor (N, C, H, W) in [-1, 1]."""
+    import torch
+    from PIL import Image
+    arrays = [np.asarray(Image.open(p), dtype=np.float32) for p in sorted(Path(folder).glob("*.png"))]
+    x = torch.from_numpy(np.stack(arrays))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x / 127.5 - 1
+
+
+def nearest(fake, real):
+    """Per generated image: the mean squared pixel distance to its nearest real image, and that image's index."""
+    import torch
+    d = torch.cdist(fake.flatten(1).double(), real.flatten(1).double()) ** 2 / fake[0].numel()
+    return d.min(1)
+
+
+def nn_distance(fake, real):
+    """Mean over generated images of the mean squared pixel distance to the nearest real image."""
+    return nearest(fake, real).values.mean().item()
+
+
+def sharp(fake, real):
+    """Which generated images are nearer to some real image than half the distance from a blank image to
+    its nearest real one: a blank or blurry generator has none."""
+    import torch
+    return nearest(fake, real).values < 0.5 * nn_distance(torch.full_like(real[:1], -1.0), real)
+
+
+def good_share(fake, real):
+    """Share of sharp generated images (see `sharp`)."""
+    return sharp(fake, real).double().mean().item()
+
+
+def sharp_modes(fake, real, labels):
+    """How many labels (rectangle positions) the sharp samples cover: 1 for a collapsed generator."""
+    return len(set(labels[nearest(fake, real).indices[sharp(fake, real)]].tolist()))
+
+
+def resumed_and_straight(script: str, args, tmp_path: Path, stop: int = 3, total: int = 6):
+    """Run `total` steps straight, and `stop` steps then --resume to `total`; check the resumed run
+    started at `stop` and return both final checkpoints (straight, resumed)."""
+    import torch
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    run_script(script, *args, "--steps", total, "--run-dir", a)
+    run_script(script, *args, "--steps", stop, "--run-dir", b)
+    assert f"from step {stop} to {total}" in run_script(script, "--resume", b, "--steps", total).stdout
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
+    assert ca["step"] == cb["step"] == total
+    return ca, cb
+
+
+def assert_same_weights(ca: dict, cb: dict, keys=("G", "D", "ema"), skip=()):
+    """Every tensor of each state dict in `keys` is equal (parts absent from both, like EMA off, are skipped;
+    names ending in one of `skip` too)."""
+    import torch
+    for key in keys:
+        if ca.get(key) is None and cb.get(key) is None:
+            continue
+        assert ca[key].keys() == cb[key].keys(), key
+        for name in ca[key]:
+            if not name.endswith(tuple(skip)):
+                assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs"
+
+
+def assert_user_error(proc, *needles):
+    """Exit 2, no traceback, exactly one error line, naming every needle."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def real_digits(size: int):
+    """The training images of the `mnist_dir` fixture at `size`, in [-1, 1], resized as common.data does."""
+    import torch
+    import torch.nn.functional as F
+    real = torch.from_numpy(digit_images(200, seed=len("train"))[0]).float().unsqueeze(1)
+    return F.interpolate(real, size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255) / 127.5 - 1
+
+
+def digit_labels():
+    """The labels (rectangle positions) of the `mnist_dir` fixture's training images."""
+    import torch
+    return torch.from_numpy(digit_images(200, seed=len("train"))[1])
+
+
+def digits_before_and_after(script: str, mnist_dir: Path, tmp_path: Path, steps: int, size: int = 32, extra=(),
+                            untrained: bool = True):
+    """Export 64 samples of an untrained (unless untrained=False) and of a `steps`-step generator trained
+    on the mnist_dir digits; print their scores; return (untrained or None, trained, real) in [-1, 1]."""
+    args = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", size, "--batch-size", "32",
+            "--log-every", "300", "--sample-every", "0", "--export", "64", "--seed", "1", *extra]
+    runs = ["untrained", "trained"] if untrained else ["trained"]
+    for name in runs:
+        run_script(script, *args, "--steps", 0 if name == "untrained" else steps, "--run-dir", tmp_path / name,
+                   env={"OMP_NUM_THREADS": "1"})  # one thread: the run the thresholds were calibrated on, bit for bit
+    real, labels = real_digits(size), digit_labels()
+    images = {name: load_pngs(tmp_path / name / "export") for name in runs}
+    for name, fake in images.items():
+        print(f"{script} {name}: nn distance {nn_distance(fake, real):.3f}, sharp samples {good_share(fake, real):.2f}, "
+              f"on {sharp_modes(fake, real, labels)} of 10 positions")
+    return images.get("untrained"), images["trained"], real
+
+
+def assert_learns_digits(script: str, mnist_dir: Path, tmp_path: Path, steps: int, size: int = 32, extra=(),
+                         min_sharp: float = 0.2, min_modes: int = 5, untrained: bool = True):
+    """Fail unless, after `steps` steps on the digits, at least `min_sharp` of 64 samples are sharp, placed
+    rectangles (see `sharp`) on at least `min_modes` of the 10 positions, while an untrained G has none.
+    A blank, blurry, noisy or collapsed generator fails."""
+    before, after, real = digits_before_and_after(script, mnist_dir, tmp_path, steps, size, extra, untrained)
+    if before is not None:
+        assert good_share(before, real) == 0
+    assert good_share(after, real) >= min_sharp, good_share(after, real)
+    assert sharp_modes(after, real, digit_labels()) >= min_modes, sharp_modes(after, real, digit_labels())
