@@ -14,7 +14,6 @@ num_classes extra input channels; the projection head is the later, stronger alt
 
 Architecture: dcgan.py's (stride-2 4x4 (transposed) convolutions, BatchNorm, ReLU / LeakyReLU(0.2),
 tanh output, one logit), 64x64 by default; fake images are drawn with the labels of the real batch.
-Sample grids have one row per class and one fixed z per column.
 
 Hyperparameters: Adam lr 2e-4, beta1 0.5, batch 128, weights ~ N(0, 0.02) (DCGAN, sec. 4).
 Differences from the paper: its MNIST model is an MLP (z and y through 200- and 1000-unit ReLU
@@ -48,6 +47,7 @@ class Args(RunArgs):
     beta2: float = arg(0.999, "Adam beta2 (DCGAN: default 0.999)")
     sample_every: int = arg(1000, "sample grid (one row per class) every N steps (0: only at the end)")
     fid_samples: int = arg(10000, "generated images per FID (labels drawn as in the training set)")
+    export: int = arg(0, "after training, write N class-balanced PNGs named <class>_<index>.png to RUN_DIR/export")
 
 
 def init_weights(m: nn.Module):
@@ -146,7 +146,7 @@ def generate(G: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def export_by_class(G, n: int, folder, num_classes: int, args, device):
-    """--export for a conditional G: class-balanced samples named CLASS_INDEX.png."""
+    """--export for a conditional G: the labels cycle through the classes."""
     labels = torch.arange(n, device=device) % num_classes
     names = [f"{y}_{i:06d}.png" for i, y in enumerate(labels.tolist())]
     batches = iter(labels.split(args.batch_size))

@@ -112,7 +112,7 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype, coding):
     z = torch.randn(len(real), z_dim, device=real.device)
     with autocast:
         fake = G(z)
-        # Two D forwards (real, then fake): the paper keeps real and fake in separate batches for BatchNorm.
+        # Two D forwards (real, then fake): separate BatchNorm batches for real and fake, as in DCGAN.
         real_out, fake_out = D(real), D(fake.detach())
         loss_d = d_loss(real_out, fake_out, a, b)
     opt_d.zero_grad(set_to_none=True)
