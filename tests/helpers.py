@@ -78,6 +78,26 @@ def run_script(script: str, *args, env=None, check=True, timeout=900):
     return proc
 
 
+def run_in_process(script: str, *args):
+    """Run SCRIPT's main() with ARGS in this process, for input that must stop before training (no interpreter
+    start-up, so a check costs milliseconds). Returns returncode, stdout and stderr, like run_script."""
+    import contextlib
+    import importlib
+    import io
+    import types
+    module = importlib.import_module(Path(script).stem)
+    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
+    sys.argv = [script, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            module.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def run_compiled(script: str, *args, steps: int = 3, settled_after: int = 1, env=None):
     """Run `script ARGS --compile` for `steps` steps, logging each, with TORCH_LOGS=recompiles; fail if
     anything recompiles after step `settled_after` (G and D alternating must reuse their graphs; the first

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
 
 began = importlib.import_module("began")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8",
@@ -46,7 +46,7 @@ def test_export_and_bad_input(mnist_dir, tmp_path):
     run_script("began.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", run, "--export", "5")
     assert load_pngs(run / "export").shape == (5, 1, 16, 16)
     for bad in (["--image-size", "24"], ["--gamma", "0"], ["--dataset", "ring8"]):
-        proc = run_script("began.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("began.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 

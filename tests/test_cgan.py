@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_script
+from helpers import assert_same_weights, load_pngs, metrics, nn_distance, resumed_and_straight, run_compiled, run_in_process, run_script
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -55,7 +55,7 @@ def test_unlabelled_datasets_are_refused(folder_dataset, tmp_path):
     cases = [["--dataset", "celeba", "--data-dir", write_celeba(tmp_path / "c", n=2)],
              ["--dataset", flat, "--data-dir", tmp_path / "d"], ["--dataset", "ring8"]]
     for case in cases:
-        proc = run_script("cgan.py", *case, "--image-size", "32", "--run-dir", tmp_path / "r", check=False)
+        proc = run_in_process("cgan.py", *case, "--image-size", "32", "--run-dir", tmp_path / "r")
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(lines) == 1 and ("no labels" in lines[0] or "labelled" in lines[0]), proc.stderr
@@ -88,7 +88,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
     run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--embed-dim", "0"]):
-        proc = run_script("cgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("cgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
 
 

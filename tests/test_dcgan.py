@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
 
 dcgan = importlib.import_module("dcgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -42,7 +42,7 @@ def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
 
 def test_resume_refuses_changed_settings(mnist_dir, tmp_path):
     run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", tmp_path / "a")
-    proc = run_script("dcgan.py", "--resume", tmp_path / "a", "--image-size", "64", check=False)
+    proc = run_in_process("dcgan.py", "--resume", tmp_path / "a", "--image-size", "64")
     assert proc.returncode == 2 and "--image-size 64" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -74,7 +74,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
     run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--steps", "-1"], ["--batch-size", "0"], ["--dataset", "ring8"]):
-        proc = run_script("dcgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("dcgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") or "usage" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 

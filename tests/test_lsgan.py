@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
 
 lsgan = importlib.import_module("lsgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -33,7 +33,7 @@ def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
 
 def test_resume_refuses_another_coding(mnist_dir, tmp_path):
     run_script("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", tmp_path / "a")
-    proc = run_script("lsgan.py", "--resume", tmp_path / "a", "--coding", "m1-1-0", check=False)
+    proc = run_in_process("lsgan.py", "--resume", tmp_path / "a", "--coding", "m1-1-0")
     assert proc.returncode == 2 and "--coding" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -68,7 +68,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
                "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--dataset", "ring8"], ["--coding", "1-0-1"]):
-        proc = run_script("lsgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("lsgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
 
 

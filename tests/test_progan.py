@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
 
 progan = importlib.import_module("progan")
 # 16x16 final size, 32 images per phase, batch 8: 4 steps per phase, phases 0..4, the schedule ends at step 20.
@@ -184,7 +184,7 @@ def test_bf16_and_bad_input(mnist_dir, tmp_path):
     assert rows[-1]["res"] == 8  # the bf16 run reached a fade-in
     for bad, says in ((["--image-size", "24"], "power of two"), (["--batch-size", "32"], "at most 16"),
                       (["--kimg-per-phase", "0"], "kimg-per-phase"), (["--dataset", "ring8"], "images")):
-        proc = run_script("progan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("progan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") and says in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, assert_same_weights, assert_user_error, run_script, write_image_folder
+from helpers import ROOT, assert_same_weights, assert_user_error, run_in_process, run_script, write_image_folder
 
 ENV = {"OMP_NUM_THREADS": "1"}
 PROBE = "tests/ddp_probe.py"
@@ -41,6 +41,11 @@ def tiny(script, data_dir, *extra):
 
 def run(script, *args, check=True, timeout=300):
     return run_script(f"{script}.py", *args, env=ENV, check=check, timeout=timeout)
+
+
+def refuse(script, *args):
+    """Input that must stop before training: run in this process (no interpreter start-up)."""
+    return run_in_process(f"{script}.py", *args)
 
 
 def load(path):
@@ -188,7 +193,7 @@ def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp
 def test_run_dir_under_a_file_is_a_clear_error(script, mnist_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    proc = run(script, *tiny(script, mnist_dir, "--steps", "1", "--run-dir", blocker / "run"), check=False)
+    proc = refuse(script, *tiny(script, mnist_dir, "--steps", "1", "--run-dir", blocker / "run"))
     assert_user_error(proc, "cannot write to the run directory", str(blocker / "run"))
 
 
@@ -196,20 +201,20 @@ def test_run_dir_under_a_file_is_a_clear_error(script, mnist_dir, tmp_path):
 
 @pytest.mark.parametrize("script", ["minimal_gan", "wgan", "stylegan_lite"])
 def test_wrong_type_is_a_usage_error(script, tmp_path):
-    proc = run(script, "--steps", "abc", "--run-dir", tmp_path / "r", check=False)
+    proc = refuse(script, "--steps", "abc", "--run-dir", tmp_path / "r")
     assert_user_error(proc, "--steps", "invalid int value: 'abc'")
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("script", ["dcgan", "began", "progan", "sagan", "stylegan_lite"])  # each has its own rule
 def test_image_size_not_a_power_of_two(script, mnist_dir, tmp_path):
-    proc = run(script, *tiny(script, mnist_dir, "--image-size", "48", "--run-dir", tmp_path / "r"), check=False)
+    proc = refuse(script, *tiny(script, mnist_dir, "--image-size", "48", "--run-dir", tmp_path / "r"))
     assert_user_error(proc, "--image-size", "power of two", "48")
 
 
 @pytest.mark.parametrize("script, batch", [("progan", "0"), ("stylegan_lite", "-4")])
 def test_batch_size_below_one(script, batch, mnist_dir, tmp_path):
-    proc = run(script, *tiny(script, mnist_dir, "--batch-size", batch, "--run-dir", tmp_path / "r"), check=False)
+    proc = refuse(script, *tiny(script, mnist_dir, "--batch-size", batch, "--run-dir", tmp_path / "r"))
     assert_user_error(proc, "--batch-size must be at least 1", batch)
 
 
@@ -225,7 +230,7 @@ def test_log_every_zero(script, mnist_dir, tmp_path):
                                                   ("wgan_gp", "--beta2", "1.5"), ("dcgan", "--width", "0")])
 def test_impossible_optimiser_or_width_values(script, flag, value, mnist_dir, tmp_path):
     """Adam / RMSprop reject these with a ValueError, a zero-width convolution with a oneDNN error: say it first."""
-    proc = run(script, *tiny(script, mnist_dir, "--steps", "1", flag, value, "--run-dir", tmp_path / "r"), check=False)
+    proc = refuse(script, *tiny(script, mnist_dir, "--steps", "1", flag, value, "--run-dir", tmp_path / "r"))
     assert_user_error(proc, flag)
 
 
@@ -234,8 +239,8 @@ def test_corrupt_image_in_a_folder_is_named(tmp_path):
     (folder / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     good = (folder / "dogs" / "000.png").read_bytes()
     (folder / "dogs" / "cut.png").write_bytes(good[:len(good) // 2])  # a half-copied file
-    proc = run("dcgan", "--dataset", folder, "--data-dir", tmp_path / "d", "--image-size", "32", "--width", "8",
-               "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r", check=False)
+    proc = refuse("dcgan", "--dataset", folder, "--data-dir", tmp_path / "d", "--image-size", "32", "--width", "8",
+               "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r")
     line = assert_user_error(proc, "2 of 10 images could not be read", str(folder / "cats" / "broken.png"),
                              str(folder / "dogs" / "cut.png"))
     assert "remove or fix them" in line
@@ -258,7 +263,7 @@ def short_runs(tmp_path_factory, mnist_dir):
 @pytest.mark.parametrize("script", ["minimal_gan", "dcgan", "wgan", "stylegan_lite"])
 def test_resume_a_run_of_another_script(script, short_runs):
     other = "dcgan" if script != "dcgan" else "minimal_gan"
-    proc = run(script, "--resume", short_runs(other), check=False)
+    proc = refuse(script, "--resume", short_runs(other))
     assert_user_error(proc, f"made by {other}, not {script}")
 
 
@@ -267,17 +272,17 @@ def test_resume_a_run_of_another_script(script, short_runs):
     ("dcgan", "--dataset", "cifar10")])
 def test_resume_with_incompatible_settings(script, flag, value, short_runs):
     run_dir = short_runs(script)
-    proc = run(script, "--resume", run_dir, "--steps", "2", flag, value, check=False)
+    proc = refuse(script, "--resume", run_dir, "--steps", "2", flag, value)
     assert_user_error(proc, "cannot resume with different settings", f"{flag} ")
     assert load(run_dir / "checkpoint.pt")["step"] == 1  # the run is untouched
 
 
 def test_resume_without_or_with_an_unreadable_checkpoint(tmp_path):
-    proc = run("dcgan", "--resume", tmp_path / "nothing_here", check=False)
+    proc = refuse("dcgan", "--resume", tmp_path / "nothing_here")
     assert_user_error(proc, "no checkpoint.pt")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"half a checkpoint")
-    proc = run("dcgan", "--resume", tmp_path / "bad", check=False)
+    proc = refuse("dcgan", "--resume", tmp_path / "bad")
     assert_user_error(proc, "checkpoint.pt cannot be read")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
 
 sagan = importlib.import_module("sagan")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
@@ -44,7 +44,7 @@ def test_export_and_bad_input(mnist_dir, tmp_path):
     run_script("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", run, "--export", "5")
     assert load_pngs(run / "export").shape == (5, 1, 16, 16)
     for bad in (["--image-size", "16"], ["--attn-res", "12", "--image-size", "32"], ["--width", "4"]):
-        proc = run_script("sagan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False)
+        proc = run_in_process("sagan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
 
 sg = importlib.import_module("stylegan_lite")
 # One intra-op thread: on a small shared CPU, spinning worker threads make these tiny models 10-50x slower.
@@ -63,7 +63,7 @@ def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
     for key in ("G", "D", "ema"):
         for name in ca[key]:
             assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after resume"
-    proc = run_script("stylegan_lite.py", "--resume", b, "--r1-gamma", "5", check=False, env=ENV)
+    proc = run_in_process("stylegan_lite.py", "--resume", b, "--r1-gamma", "5")
     assert proc.returncode == 2 and "--r1-gamma" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -161,7 +161,7 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
                "--run-dir", tmp_path / "r", env=ENV)
     assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["r1"]) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "12"], ["--channel-base", "8"], ["--mixing-prob", "1.5"]):
-        proc = run_script("stylegan_lite.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad, check=False, env=ENV)
+        proc = run_in_process("stylegan_lite.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
 
 
