@@ -314,9 +314,6 @@ def main():
         if args.channel_base < args.image_size or args.channel_max < 1:
             raise UserError(f"--channel-base ({args.channel_base}) must be >= --image-size ({args.image_size}) and "
                             f"--channel-max >= 1, so every resolution has at least one channel")
-        for name in ("w_dim", "mapping_layers", "r1_every", "mbstd_group"):
-            if getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
         if not 0 <= args.mixing_prob <= 1:
             raise UserError(f"--mixing-prob must be in [0, 1], got {args.mixing_prob}")
         data = run.load_data(args.image_size)

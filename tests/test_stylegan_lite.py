@@ -160,7 +160,8 @@ def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
     run_script("stylegan_lite.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--r1-every", "2", "--amp", "bf16",
                "--run-dir", tmp_path / "r", env=ENV)
     assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["r1"]) for r in metrics(tmp_path / "r"))
-    for bad in (["--image-size", "12"], ["--channel-base", "8"], ["--mixing-prob", "1.5"]):
+    for bad in (["--image-size", "12"], ["--channel-base", "8"], ["--mixing-prob", "1.5"], ["--r1-every", "0"],
+                ["--mbstd-group", "0"]):
         proc = run_in_process("stylegan_lite.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
 
