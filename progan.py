@@ -291,7 +291,7 @@ def enter_phase(phase: int, compile: bool, G_ddp, D_ddp, *nets):
     if not compile:
         return G_ddp, D_ddp
     torch._dynamo.reset()  # one compile per phase: drop the last phase's graphs and recompile budget
-    return torch.compile(G_ddp), torch.compile(D_ddp)
+    return torch.compile(G_ddp, dynamic=False), torch.compile(D_ddp, dynamic=False)
 
 
 def main():

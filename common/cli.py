@@ -53,6 +53,7 @@ class RunArgs:
     amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA (fp16 where bf16 is missing), off on the CPU",
                    choices=["auto", "bf16", "fp16", "off"])
     run_dir: typing.Optional[str] = arg(None, "where config, metrics, samples and checkpoint are written (default: runs/SCRIPT)")
+    overwrite: bool = arg(False, "start a new run in a --run-dir that holds one (its checkpoint, metrics and samples go)")
     log_every: int = arg(100, "console and metrics line every N steps")
     sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
     ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
@@ -71,7 +72,7 @@ class RunArgs:
 # must match the saved run, since it changes the model, the data or the method.
 RESUMABLE = {"steps", "device", "compile", "amp", "run_dir", "log_every", "sample_every",
              "ckpt_every", "fid_every", "fid_samples", "fid_weights", "fid", "resume",
-             "track", "wandb_project", "wandb_entity", "export", "data_dir"}
+             "track", "wandb_project", "wandb_entity", "export", "data_dir", "overwrite"}
 # Integer flags that must be >= 1 (0 is allowed for the other *_every flags: it switches them off).
 POSITIVE = {"image_size", "batch_size", "z_dim", "fid_samples", "n_critic", "log_every", "width", "w_dim",
             "mapping_layers", "r1_every", "mbstd_group"}
@@ -112,8 +113,10 @@ def parse_args(cls, description, argv=None):
             if getattr(args, name, None) is not None and getattr(args, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
         for name in LEARNING_RATES:
-            if getattr(args, name, None) is not None and not getattr(args, name) > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            if getattr(args, name, None) is not None and not 0 < getattr(args, name) < float("inf"):
+                raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(args, name)}")
+        if getattr(args, "ema_decay", None) is not None and not 0 <= args.ema_decay <= 1:
+            raise UserError(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
         for name in BETAS:
             if getattr(args, name, None) is not None and not 0 <= getattr(args, name) < 1:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
@@ -154,7 +157,7 @@ def resolve_amp(amp: str, device: torch.device):
     """The autocast dtype (None for float32). 'auto': bf16 on a GPU that has it, off on the CPU. fp16 (with
     a GradScaler in the scripts) also runs on the CPU: slow there, but it lets the tests cover that path."""
     if amp == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):  # emulated bf16 is slow
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]

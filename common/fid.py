@@ -15,7 +15,6 @@ Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--ba
 """
 import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +110,11 @@ def weights_path(given: str | None) -> Path:
 
 
 def load_network(weights: str | None, device) -> FIDInception:
-    net = FIDInception()
-    net.load_state_dict(torch.load(weights_path(weights), map_location="cpu", weights_only=True))
+    path, net = weights_path(weights), FIDInception()
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # random bytes, another network's state dict: say so in one line
+        raise UserError(f"{path} does not hold the FID Inception weights ({str(e).strip().splitlines()[0][:160]})") from None
     return net.eval().requires_grad_(False).to(device)
 
 
@@ -152,8 +154,8 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 class FID:
     """FID of a generator against a dataset's cached reference statistics."""
 
-    def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50):
-        self.net, self.batch_size = load_network(weights, device), batch_size
+    def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50, net=None):
+        self.net, self.batch_size = net or load_network(weights, device), batch_size
         path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}.npz"
         if path.exists():
             d = np.load(path)
@@ -162,15 +164,6 @@ class FID:
             print(f"computing FID reference statistics of {len(data)} images (cached in {path})", flush=True)
             self.mu, self.sigma = statistics(features(self.net, data.images, batch_size))
             np.savez(path, mu=self.mu, sigma=self.sigma)
-
-    @classmethod
-    def try_create(cls, data, data_dir, weights, device):
-        """The scorer, or None with one line saying why FID is off (no weights, no network)."""
-        try:
-            return cls(data, data_dir, weights, device)
-        except UserError as e:
-            print(f"FID is off: {e}", file=sys.stderr)
-            return None
 
     def score(self, generate, n: int) -> float:
         """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG."""

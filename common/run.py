@@ -18,6 +18,7 @@ samples/step_XXXXXXX.png and checkpoint.pt. Checkpoints are written to a tempora
 renamed, so a run killed while writing keeps its previous checkpoint. A resumed run restores
 every tracked object, the step and each rank's RNG state, and continues bit for bit.
 """
+import atexit
 import dataclasses
 import datetime
 import json
@@ -34,7 +35,7 @@ import torch.nn as nn
 
 from . import data as datasets
 from .cli import UserError, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
-from .fid import FID, quantize
+from .fid import FID, load_network, quantize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def restore_rng(states: list, rank: int, world: int):
 # ---------------------------------------------------------------------------------------------
 # Divergence, checkpoints, stop signals
 
-def check_finite(losses: dict, step: int, scaler=None):
+def check_finite(losses: dict, step: int, scaler=None, kept: bool = True):
     """Raise before a non-finite state reaches a checkpoint, so the last good one is kept.
 
     Under fp16 a GradScaler skips any step whose gradients overflowed and halves its scale: the weights
@@ -90,7 +91,31 @@ def check_finite(losses: dict, step: int, scaler=None):
             if scaler is not None and scaler.is_enabled() and scaler.get_scale() >= 1.0:
                 continue
             raise UserError(f"{name} is {value.item()} at step {step} (losses are checked every --log-every steps "
-                            "and before each checkpoint): the run diverged; the last good checkpoint is kept")
+                            f"and before each checkpoint): the run diverged; {_kept(kept)}")
+
+
+def _kept(kept: bool) -> str:
+    return "the last good checkpoint is kept" if kept else "no checkpoint was written"
+
+
+def check_state_finite(state: dict, step: int, kept: bool):
+    """Raise before non-finite weights or optimizer state reach a checkpoint (finite losses do not prove
+    finite weights: an update can overflow them). One host sync, at checkpoint steps only."""
+    tensors = []
+
+    def collect(x):
+        if torch.is_tensor(x):
+            if x.is_floating_point():
+                tensors.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                collect(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                collect(v)
+    collect(state)
+    if tensors and not torch.stack([t.detach().isfinite().all().to(tensors[0].device) for t in tensors]).all():
+        raise UserError(f"the weights or optimizer state are not finite after step {step}: the run diverged; {_kept(kept)}")
 
 
 def save_checkpoint(path: Path, state: dict):
@@ -102,9 +127,11 @@ def save_checkpoint(path: Path, state: dict):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # disk full, permissions: keep the previous checkpoint, say why
+    except (OSError, RuntimeError) as e:  # disk full (torch's writer raises RuntimeError), permissions
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write the checkpoint {path} ({e.strerror or e}); the previous one is kept") from None
+        why = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        kept = "the previous one is kept" if path.exists() else "no checkpoint was written"
+        raise UserError(f"could not write the checkpoint {path} ({why}); {kept}") from None
 
 
 def load_checkpoint(run_dir: str, script: str) -> dict:
@@ -118,6 +145,42 @@ def load_checkpoint(run_dir: str, script: str) -> dict:
     if state.get("script") != script:
         raise UserError(f"--resume {run_dir}: that run was made by {state.get('script')}, not {script}")
     return state
+
+
+def lock_run_dir(folder: Path):
+    """Take RUN_DIR/run.lock (holding our PID) for the life of the process, so that two runs cannot write one
+    directory; a lock whose process is gone is stale and taken over."""
+    lock = folder / "run.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise UserError(f"run directory {folder} in use by PID {pid}") from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            atexit.register(lock.unlink, missing_ok=True)
+            return
+    except OSError as e:
+        raise UserError(f"cannot write to the run directory {folder} ({e.strerror or e})") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StopSignal:
@@ -155,7 +218,7 @@ def stop_requested(stop: StopSignal, world: int, device, every: int = 10) -> boo
 class Logger:
     """Writes the run directory and the logs. On ranks other than 0 every method does nothing."""
 
-    def __init__(self, args, script: str, run_dir: str, main_process: bool = True):
+    def __init__(self, args, script: str, run_dir: str, main_process: bool = True, write_config: bool = True):
         self.args, self.script, self.main = args, script, main_process
         self.dir = Path(run_dir)
         self.start_time, self.wandb = time.time(), None
@@ -170,7 +233,8 @@ class Logger:
         except OSError as e:
             raise UserError(f"cannot write to the run directory {self.dir} ({e.strerror or e})") from None
         config = dataclasses.asdict(args)
-        (self.dir / "config.json").write_text(json.dumps({"script": script, **config}, indent=2) + "\n")
+        if write_config:
+            (self.dir / "config.json").write_text(json.dumps({"script": script, **config}, indent=2) + "\n")
         if args.track:
             import wandb  # imported only when tracking is on
             self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=config,
@@ -259,6 +323,9 @@ class Run:
                 state = load_checkpoint(args.resume, script)
                 args = merge_resumed(args, given, state["args"])
             args.run_dir = args.run_dir or f"runs/{script}"
+            if not args.resume and (Path(args.run_dir) / "checkpoint.pt").exists() and not args.overwrite:
+                raise UserError(f"{args.run_dir} holds a run: continue it with --resume {args.run_dir}, or choose "
+                                "another --run-dir (--overwrite replaces it)")
             device, rank, world = init_distributed(args.device)
         return cls(script, args, state, device, rank, world)
 
@@ -273,6 +340,9 @@ class Run:
         self.data, self.tracked, self.log = None, {}, None
         self.sample, self.grid, self.grid_rows, self.fid, self.stop = None, None, 8, None, None
         self.note = ""  # appended to the line that starts training
+        self.fid_net, self.fid_off, self.saved_once = None, False, state is not None
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions once
         torch.manual_seed(args.seed)
 
     def load_data(self, image_size: int, need_labels: bool = False, toy: bool = False):
@@ -306,7 +376,34 @@ class Run:
             self.step = self.saved["step"]
             restore_rng(self.saved["rng"], self.rank, self.world)
             self.saved = None  # free the host copy of the weights
-        self.log = Logger(self.args, self.script, self.args.run_dir, main_process=self.main)
+        folder, nothing_to_do = Path(self.args.run_dir), self.step >= self.total_steps
+        if self.main:
+            lock_run_dir(folder)
+            self._prepare_dir(folder)
+        self.log = Logger(self.args, self.script, self.args.run_dir, main_process=self.main,
+                          write_config=not (self.args.resume and nothing_to_do))
+        if self._use_fid():  # check the FID weights now, not after hours of training
+            try:
+                self.fid_net = load_network(self.args.fid_weights, self.device)
+            except UserError as e:
+                if self.args.fid_weights:
+                    raise
+                print(f"FID is off: {e}", file=sys.stderr)
+                self.fid_off = True
+
+    def _prepare_dir(self, folder: Path):
+        """A resumed run drops the metrics logged after its checkpoint (a killed run logged past it); a new one
+        starts its own metrics and samples (--overwrite also removes the old checkpoint and export)."""
+        metrics = folder / "metrics.jsonl"
+        if self.args.resume:
+            if metrics.exists():
+                lines = metrics.read_text().splitlines(keepends=True)
+                metrics.write_text("".join(line for line in lines if json.loads(line)["step"] <= self.step))
+            return
+        metrics.unlink(missing_ok=True)
+        for old in [folder / "checkpoint.pt", *folder.glob("samples/*.png"), *folder.glob("export/*")]:
+            if old.is_file():
+                old.unlink()
 
     def set_samplers(self, sample, grid, grid_rows: int = 8):
         """sample(k) -> k random images in [-1, 1], for FID and --export; grid() -> the fixed-z images of the
@@ -317,7 +414,7 @@ class Run:
         """The module to train with: DDP under torchrun, then torch.compile when on. Checkpoints and
         sampling use the plain module, so a checkpoint loads with or without either."""
         module = self.ddp(module, **ddp_options)
-        return torch.compile(module) if self.compile else module
+        return torch.compile(module, dynamic=False) if self.compile else module  # fixed shapes: no symbolic batch
 
     def ddp(self, module: nn.Module, **ddp_options) -> nn.Module:
         """DDP under torchrun (gradients all-reduced in backward), else the module itself."""
@@ -331,6 +428,8 @@ class Run:
                 shape = tuple(self.data.shape) if self.data is not None else ""
                 print(f"{self.script}: {self.args.dataset} {shape} on {self.device}, amp {self.amp_dtype}, "
                       f"compile {self.compile}, from step {self.step} to {self.total_steps}{self.note}", flush=True)
+            elif self.main:
+                print(f"nothing to train: the run is at step {self.step} of {self.total_steps}", flush=True)
         return self.step < self.total_steps
 
     def after_step(self, metrics: dict, images_per_step: int = None, log_extra=None):
@@ -342,18 +441,18 @@ class Run:
         stopping = stop_requested(self.stop, self.world, self.device)
         due = lambda every: (every and step % every == 0) or last
         if step % args.log_every == 0 or last or stopping:
-            check_finite(metrics, step, self.scaler)
+            check_finite(metrics, step, self.scaler, kept=self.saved_once)
             extra = log_extra() if log_extra is not None else {}
             self.log.log(step, self.total_steps, {**metrics, **extra}, images_per_step or args.batch_size * self.world)
+        if due(args.ckpt_every) or stopping:  # before sampling and FID: whatever they do, the step is saved
+            check_finite(metrics, step, self.scaler, kept=self.saved_once)
+            self.checkpoint()
         # Sampling draws z and noise from a forked RNG, so the training stream (and a resumed run) ignores it.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if due(args.sample_every):
                 self._save_grid()
             if self._use_fid() and due(args.fid_every):
                 self._score_fid()
-        if due(args.ckpt_every) or stopping:
-            check_finite(metrics, step, self.scaler)
-            self.checkpoint()
         if stopping:
             print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
                   f"continue with --resume {args.run_dir}")
@@ -363,10 +462,12 @@ class Run:
         """Every rank takes part (the RNG states are gathered); rank 0 writes."""
         state = {name: (obj if torch.is_tensor(obj) or obj is None else obj.state_dict())
                  for name, obj in self.tracked.items()}
+        check_state_finite({k: v for k, v in state.items() if k != "scaler"}, self.step, kept=self.saved_once)
         rngs = all_rng_states(self.world)
         if self.main:
             save_checkpoint(self.log.dir / "checkpoint.pt", {"script": self.script, "step": self.step,
                                                               "args": dataclasses.asdict(self.args), "rng": rngs, **state})
+        self.saved_once = True
 
     def finish(self, export=None):
         """After the last step: write --export N samples as PNGs (2-D data: export.npy); export(n, folder),
@@ -395,12 +496,15 @@ class Run:
     def _use_fid(self):
         args = self.args
         on = args.fid == "on" or (args.fid == "auto" and self.device.type == "cuda")
-        return on and self.main and self.data is not None and not self.data.is_2d
+        return on and self.main and not self.fid_off and self.data is not None and not self.data.is_2d
 
     def _score_fid(self):
-        self.fid = self.fid or FID.try_create(self.data, self.args.data_dir, self.args.fid_weights, self.device)
-        if self.fid is None:
+        try:  # a failing FID (a tiny dataset, no memory) must not end the run: say why and go on without it
+            self.fid = self.fid or FID(self.data, self.args.data_dir, self.args.fid_weights, self.device, net=self.fid_net)
+            value = self.fid.score(self.sample, self.args.fid_samples)
+        except Exception as e:
+            print(f"FID is off: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+            self.fid_off = True
             return
-        value = self.fid.score(self.sample, self.args.fid_samples)
         self.log.write_metrics(self.step, {"fid": value})
         print(f"step {self.step}: FID {value:.2f} ({self.args.fid_samples} samples)", flush=True)
