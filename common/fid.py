@@ -155,14 +155,18 @@ class FID:
     """FID of a generator against a dataset's cached reference statistics."""
 
     def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50, net=None):
+        """`data` must hold the whole dataset (under DDP each rank holds a share: load it again)."""
         self.net, self.batch_size = net or load_network(weights, device), batch_size
-        path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}.npz"
+        # The statistics depend on the weights, the dataset, its size and its images: all in the name.
+        digest = hashlib.sha256(weights_path(weights).read_bytes()).hexdigest()[:8]
+        path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}_n{len(data)}_w{digest}.npz"
         if path.exists():
             d = np.load(path)
             self.mu, self.sigma = d["mu"], d["sigma"]
         else:
             print(f"computing FID reference statistics of {len(data)} images (cached in {path})", flush=True)
             self.mu, self.sigma = statistics(features(self.net, data.images, batch_size))
+            path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, mu=self.mu, sigma=self.sigma)
 
     def score(self, generate, n: int) -> float:

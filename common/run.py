@@ -500,7 +500,10 @@ class Run:
 
     def _score_fid(self):
         try:  # a failing FID (a tiny dataset, no memory) must not end the run: say why and go on without it
-            self.fid = self.fid or FID(self.data, self.args.data_dir, self.args.fid_weights, self.device, net=self.fid_net)
+            if self.fid is None:  # the reference statistics cover the whole dataset, not this rank's share
+                reference = self.data if self.world == 1 else datasets.load(
+                    self.args.dataset, self.args.data_dir, self.data.shape[-1], torch.device("cpu"))
+                self.fid = FID(reference, self.args.data_dir, self.args.fid_weights, self.device, net=self.fid_net)
             value = self.fid.score(self.sample, self.args.fid_samples)
         except Exception as e:
             print(f"FID is off: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)

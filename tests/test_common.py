@@ -164,6 +164,19 @@ def test_state_dict_keys_match_the_fid_network():
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.state_dict().items()}
 
 
+def test_fid_reference_statistics_are_cached_per_weights_and_image_count(tmp_path):
+    """Statistics made with one weights file are never reused with another, nor for another number of images."""
+    a = random_fid_weights(tmp_path / "a.pth")
+    state = torch.load(a)
+    state["fc.bias"] += 1.0
+    torch.save(state, tmp_path / "b.pth")
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    for weights, n in ((a, 4), (tmp_path / "b.pth", 4), (a, 3)):
+        ds = data.ImageData(images[:n], None, None, torch.device("cpu"), False, "toy", "toy_8")
+        fid.FID(ds, str(tmp_path), str(weights), torch.device("cpu"))
+    assert len(list((tmp_path / "cache").glob("fid_stats_toy_8_*.npz"))) == 3
+
+
 @pytest.mark.slow
 def test_fid_parity_with_pytorch_fid(tmp_path):
     """Same weights file, same two folders: common.fid and pytorch-fid agree within 1e-3 relative."""
