@@ -118,8 +118,7 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # BatchNorm statistics: copied, not averaged
 
 
 @torch.no_grad()

@@ -250,7 +250,7 @@ def g_loss(fake_logits):
     return F.softplus(-fake_logits.float()).mean()
 
 
-def r1_penalty(real_logits, real, loss_scale: float = 1.0):
+def r1_penalty(real_logits, real, loss_scale=1.0):
     """E_x ||grad_x D(x)||^2. Under fp16, grad of the scaled logits, unscaled (PyTorch AMP gradient-penalty recipe)."""
     (grad,) = torch.autograd.grad(real_logits.float().sum() * loss_scale, real, create_graph=True)
     return (grad.float() / loss_scale).pow(2).flatten(1).sum(1).mean()
@@ -271,7 +271,7 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, args, r1_gamma, do_r1,
         real_r1 = real.detach().requires_grad_(True)
         with autocast:
             logits_r1 = D_plain(real_r1)
-        r1 = r1_penalty(logits_r1, real_r1, scaler.get_scale() if scaler.is_enabled() else 1.0)
+        r1 = r1_penalty(logits_r1, real_r1, scaler.scale(torch.ones((), device=real.device)))  # a tensor: no host sync
         loss_d = loss_d + r1_gamma / 2 * r1 * args.r1_every  # lazy: scaled by the interval
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
@@ -292,8 +292,7 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, args, r1_gamma, do_r1,
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)  # w_avg
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # w_avg is copied, not averaged
 
 
 @torch.no_grad()
