@@ -134,7 +134,7 @@ def mode_metrics(points: torch.Tensor, centres: torch.Tensor, std: float) -> dic
     good = dist < 3 * std
     counts = torch.bincount(nearest[good], minlength=len(centres)).double()
     p = counts / counts.sum().clamp(min=1)
-    reverse_kl = (p[p > 0] * (p[p > 0] * len(centres)).log()).sum().item()  # KL(p_gen || uniform)
+    reverse_kl = (p[p > 0] * (p[p > 0] * len(centres)).log()).sum().item() if good.any() else float("nan")  # KL(p || U)
     return {"modes": int((counts > 0).sum()), "high_quality": good.float().mean().item(), "reverse_kl": reverse_kl}
 
 
@@ -199,8 +199,9 @@ def main():
             run.after_step(losses, log_extra=evaluate)
         if run.main and data.is_2d:
             m = evaluate()
+            kl = f"{m['reverse_kl']:.3f}" if m["high_quality"] > 0 else "n/a (no sample near a mode)"
             print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
-                  f"samples, reverse KL {m['reverse_kl']:.3f} (2,500 samples)")
+                  f"samples, reverse KL {kl} (2,500 samples)")
         run.finish()
 
 

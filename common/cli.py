@@ -23,11 +23,19 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn UserError (and Ctrl-C before training starts) into one line and a non-zero exit."""
+    """Turn UserError, and running out of memory, into one line and exit status 2."""
     try:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (torch.OutOfMemoryError, RuntimeError, ValueError) as e:  # absurd sizes end in the allocator
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        memory = ("out of memory", "can't allocate memory", "negative dimension", "too large")
+        if not isinstance(e, torch.OutOfMemoryError) and not any(m in text.lower() for m in memory):
+            raise
+        print(f"error: out of memory or an impossible size ({text[:200]}): lower --batch-size, --width or the "
+              "script's channel flags, --z-dim or --image-size", file=sys.stderr)
         sys.exit(2)
 
 

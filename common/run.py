@@ -21,6 +21,7 @@ every tracked object, the step and each rank's RNG state, and continues bit for 
 import atexit
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -323,6 +324,8 @@ class Run:
                 state = load_checkpoint(args.resume, script)
                 args = merge_resumed(args, given, state["args"])
             args.run_dir = args.run_dir or f"runs/{script}"
+            if args.track and importlib.util.find_spec("wandb") is None:
+                raise UserError("--track needs wandb: pip install wandb (or drop --track)")
             if not args.resume and (Path(args.run_dir) / "checkpoint.pt").exists() and not args.overwrite:
                 raise UserError(f"{args.run_dir} holds a run: continue it with --resume {args.run_dir}, or choose "
                                 "another --run-dir (--overwrite replaces it)")
@@ -424,7 +427,7 @@ class Run:
         """True while there are steps to train; the first call prints what the run will do."""
         if self.stop is None:
             self.stop = StopSignal()
-            if self.step < self.total_steps:
+            if self.step < self.total_steps and self.main:
                 shape = tuple(self.data.shape) if self.data is not None else ""
                 print(f"{self.script}: {self.args.dataset} {shape} on {self.device}, amp {self.amp_dtype}, "
                       f"compile {self.compile}, from step {self.step} to {self.total_steps}{self.note}", flush=True)

@@ -144,3 +144,23 @@ def test_compile_asks_for_static_shapes(monkeypatch, tmp_path):
     r = run_module.Run.start("dcgan", __import__("dcgan").Args, "t", argv)
     r.wrap(torch.nn.Linear(2, 2))
     assert calls == [{"dynamic": False}]
+
+
+@pytest.mark.parametrize("flag, value", [("--width", "100000000"), ("--batch-size", "1000000000000"),
+                                         ("--z-dim", "100000000000")])
+def test_absurd_sizes_end_in_one_line_naming_the_flags(flag, value, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
+    proc = run_in_process("dcgan.py", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32",
+                          "--steps", "1", "--sample-every", "0", "--run-dir", tmp_path / "r", flag, value)
+    assert_user_error(proc, "out of memory", "--batch-size", "--width")
+
+
+def test_track_without_wandb_is_refused_at_once(monkeypatch, tmp_path):
+    real_find_spec = run_module.importlib.util.find_spec
+    monkeypatch.setattr(run_module.importlib.util, "find_spec", lambda name: None if name == "wandb" else real_find_spec(name))
+    assert_user_error(run_in_process("dcgan.py", "--track", "--run-dir", tmp_path / "r"), "--track needs wandb")
+
+
+def test_minimal_gan_reports_no_reverse_kl_without_a_sample_near_a_mode(tmp_path):
+    proc = run_script("minimal_gan.py", "--dataset", "ring8", "--steps", "0", "--run-dir", tmp_path / "r", env=ENV)
+    assert "reverse KL n/a" in proc.stdout and "0.0% high-quality" in proc.stdout
