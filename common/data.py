@@ -4,7 +4,8 @@ Names: mnist, fashion_mnist, cifar10, celeba, a folder of images (any depth; the
 sub-folder is the class), and the 2-D toy sets ring8 and grid25. Preprocessing: MNIST-style
 digits and CIFAR-10 are resized to the training size; CelebA (aligned 178x218 images) is
 centre-cropped to 178x178 and resized; folder images are centre-cropped to a square and resized.
-The decoded tensor is cached as DATA_DIR/cache/<name>_<size>.pt. Batches are drawn by random
+The decoded tensor is cached as DATA_DIR/cache/<name>_<size>.pt, keyed by the source files' names, sizes
+and mtimes (a changed source is decoded again). Batches are drawn by random
 index on the device (with replacement), so no DataLoader and no per-image Python work runs in
 the training loop.
 """
@@ -122,17 +123,22 @@ def _cached(name: str, data_dir: Path, size: int):
         if not folder.is_dir():
             raise UserError(f"unknown dataset {name!r}: use one of {', '.join(IMAGE_DATASETS + TOY_DATASETS)}, "
                             "or the path of a folder of images")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = _list_images(folder)
         if not files:
             raise UserError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files)
-        key = f"folder-{folder.resolve().name}-{hashlib.sha1((str(folder.resolve()) + listing).encode()).hexdigest()[:10]}"
+        source = _source_key(folder, files, str(folder.resolve()))
+        key = f"folder-{folder.resolve().name}-{source}"
+        path = data_dir / "cache" / f"{key}_{size}.pt"
     else:
-        key = name
-    path = data_dir / "cache" / f"{key}_{size}.pt"
+        src, files = _source_files(name, data_dir)
+        source = _source_key(src, files)
+        key = f"{name}-{source}"  # also names the FID statistics, so they follow the source too
+        path = data_dir / "cache" / f"{name}_{size}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
-        return d["images"], d.get("labels"), d.get("classes"), key
+        if d.get("source") == source or not files:  # a stale cache is rebuilt; with no source left it serves alone
+            key = key if folder is not None or "source" not in d else f"{name}-{d['source']}"
+            return d["images"], d.get("labels"), d.get("classes"), key
     if folder is not None:
         images, labels, classes = _read_folder(folder, files, size)
     elif name in ("mnist", "fashion_mnist"):
@@ -141,14 +147,43 @@ def _cached(name: str, data_dir: Path, size: int):
         images, labels, classes = _read_cifar10(data_dir, size)
     else:
         images, labels, classes = _read_celeba(data_dir, size)
+    if folder is None:  # the reader may just have downloaded the files
+        source = _source_key(*_source_files(name, data_dir))
+        key = f"{name}-{source}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may build it at once
-        torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
+        torch.save({"images": images, "labels": labels, "classes": classes, "source": source}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         print(f"warning: could not write the data cache {path} ({e}); it will be rebuilt next time", file=sys.stderr)
     return images, labels, classes, key
+
+
+def _list_images(folder: Path):
+    """Image files under folder, following directory symlinks (each real directory once, so loops end)."""
+    files, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink loop, or a second link to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(top, n) for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in files if p.is_file())
+
+
+def _source_files(name: str, data_dir: Path):
+    """The folder a named dataset is read from, and the files in it (none before a download)."""
+    folder = data_dir / {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py",
+                         "celeba": "celeba/img_align_celeba"}[name]
+    return folder, sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def _source_key(root: Path, files, prefix: str = "") -> str:
+    """A short digest of the files' names, sizes and mtimes: any replaced, added or missing file changes it."""
+    listing = "\n".join(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in [p.stat()])
+    return hashlib.sha1((prefix + listing).encode()).hexdigest()[:10]
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -231,6 +266,8 @@ def _decode(files, size: int, crop: int):
     def one(path):
         try:
             with Image.open(path) as im:
+                if im.mode.startswith("I"):  # 16-bit greyscale: convert("RGB") would clip it to white
+                    im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
                 im = im.convert("RGB")
                 w, h = im.size
                 c = min(crop or min(w, h), w, h)
