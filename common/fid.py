@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torchvision.models import inception
 
 from .cli import UserError, user_errors
+from .data import IMAGE_EXTENSIONS
 
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_SHA256_PREFIX = "6726825d"
@@ -87,8 +88,9 @@ class FIDInception(inception.Inception3):
         return x.mean((2, 3))
 
 
-def weights_path(given: str | None) -> Path:
-    """The weights file: as given, else torch.hub's cache (shared with pytorch-fid), downloaded once."""
+def weights_path(given: str | None, flag: str = "--fid-weights") -> Path:
+    """The weights file: as given, else torch.hub's cache (shared with pytorch-fid), downloaded once.
+    `flag` is the option the messages tell the user to pass (the training scripts' or this CLI's)."""
     if given:
         if not Path(given).is_file():
             raise UserError(f"FID weights file {given} does not exist")
@@ -101,16 +103,16 @@ def weights_path(given: str | None) -> Path:
         except Exception as e:
             path.unlink(missing_ok=True)
             raise UserError(f"the FID Inception weights are not in {path} and could not be downloaded ({e}); "
-                            f"download {WEIGHTS_URL} to that path, or pass --fid-weights PATH") from None
+                            f"download {WEIGHTS_URL} to that path, or pass {flag} PATH") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(WEIGHTS_SHA256_PREFIX):
         raise UserError(f"{path} has sha256 {digest[:8]}..., not {WEIGHTS_SHA256_PREFIX}...: a broken download? "
-                        "Delete it and run again, or pass --fid-weights PATH")
+                        f"Delete it and run again, or pass {flag} PATH")
     return path
 
 
-def load_network(weights: str | None, device) -> FIDInception:
-    path, net = weights_path(weights), FIDInception()
+def load_network(weights: str | None, device, flag: str = "--fid-weights") -> FIDInception:
+    path, net = weights_path(weights, flag), FIDInception()
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # random bytes, another network's state dict: say so in one line
@@ -178,30 +180,54 @@ class FID:
 
 def _folder_images(folder: Path):
     from PIL import Image
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())  # as training reads
     if not files:
-        raise UserError(f"{folder} holds no images")
+        raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for f in files:
-        yield torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        try:
+            with Image.open(f) as im:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except Exception as e:  # truncated or not an image at all: name the file instead of a PIL traceback
+            raise UserError(f"{f} is not a readable image ({str(e).strip()[:160]})") from None
+        yield torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def _checked_statistics(feats: np.ndarray, source: str):
+    if len(feats) < 2:  # the covariance of one sample is undefined (NaN)
+        raise UserError(f"{source} gives {len(feats)} image(s); FID needs at least 2 images")
+    return statistics(feats)
+
+
+def _load_npz(path: Path):
+    try:
+        d = np.load(path)
+        mu, sigma = d["mu"], d["sigma"]
+    except KeyError:
+        raise UserError(f"{path} holds no 'mu' and 'sigma' arrays (keys: {', '.join(d.files) or 'none'})") from None
+    except Exception as e:  # not a zip / not numpy at all
+        raise UserError(f"{path} is not a readable .npz file ({str(e).strip()[:160]})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise UserError(f"{path} has mu of shape {mu.shape} and sigma of shape {sigma.shape}; "
+                        "expected (D,) and (D, D)")
+    return mu, sigma
 
 
 def _stats_of(source: str, net, args):
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
-        d = np.load(path)
-        return d["mu"], d["sigma"]
+        return _load_npz(path)
     if path.is_dir():
         images = list(_folder_images(path))
         sizes = {tuple(im.shape) for im in images}
         batches = (torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)) \
             if len(sizes) == 1 else ([im.unsqueeze(0)] for im in images)
         batches = (b if torch.is_tensor(b) else b[0] for b in batches)
-        return statistics(features(net, batches))
+        return _checked_statistics(features(net, batches), source)
     from . import data
     ds = data.load(source, args.data_dir, args.image_size, torch.device("cpu"))
     if ds.is_2d:
         raise UserError(f"{source} is a 2-D toy set; FID needs images")
-    return statistics(features(net, ds.images, args.batch_size))
+    return _checked_statistics(features(net, ds.images, args.batch_size), source)
 
 
 def main(argv=None):
@@ -214,9 +240,17 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=64, help="resolution of dataset names' images")
     args = p.parse_args(argv)
     with user_errors():
-        net = load_network(args.weights, torch.device(args.device))
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            raise UserError(f"--device {args.device!r} is not a device name ({e})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():  # else a CUDA init traceback
+            raise UserError(f"--device {args.device} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+        net = load_network(args.weights, device, flag="--weights")
         mu1, s1 = _stats_of(args.a, net, args)
         mu2, s2 = _stats_of(args.b, net, args)
+        if mu1.shape != mu2.shape:  # e.g. statistics of another feature layer
+            raise UserError(f"{args.a} has {mu1.shape[0]}-dimensional statistics but {args.b} has {mu2.shape[0]}")
         print(f"FID: {frechet_distance(mu1, s1, mu2, s2)}")
 
 
