@@ -21,8 +21,8 @@ the paper's range is [5e-5, 1e-4] with the default Adam betas), n = 64 at 64x64 
 128x128 model used n = 128). Batch 16 (not stated in the paper; the usual choice since).
 Learning-rate decay: the paper halves the rate "when the measure of convergence stalls". Here
 that rule is ReduceLROnPlateau on M_global: M is averaged over windows of --lr-window steps
-on the device; when a window's mean has not improved on the best by 1% for --lr-patience
-windows, both learning rates are halved.
+on the device; when a window's mean has not improved on the best by 1% for more than
+--lr-patience windows in a row, both learning rates are halved.
 Differences from the paper: batches drawn with replacement; no skip connections (the paper's
 optional "vanishing residuals").
 """
@@ -50,7 +50,7 @@ class Args(RunArgs):
     beta1: float = arg(0.9, "Adam beta1 (paper: Adam defaults)")
     beta2: float = arg(0.999, "Adam beta2 (paper: Adam defaults)")
     lr_window: int = arg(1000, "halve the lr when mean M_global over windows of N steps stalls (0: never; paper: 'when M stalls')")
-    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global before the lr is halved")
+    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global that are tolerated: the lr halves at the next one")
 
 
 def conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:

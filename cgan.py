@@ -41,7 +41,7 @@ class Args(RunArgs):
     batch_size: int = arg(128, "batch size per GPU (paper: 100; DCGAN: 128)")
     z_dim: int = arg(100, "dimension of z (paper: 100)")
     embed_dim: int = arg(50, "size of G's label embedding (the paper maps one-hot y through a 1000-unit layer)")
-    width: int = arg(64, "channels of the last G layer and first D layer (DCGAN: 64 at 64x64)")
+    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)")
     lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN: 2e-4; the paper used SGD, lr 0.1 decayed)")
     beta1: float = arg(0.5, "Adam beta1 (DCGAN: 0.5)")
     beta2: float = arg(0.999, "Adam beta2 (DCGAN: default 0.999)")

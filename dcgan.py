@@ -14,7 +14,9 @@ stride-2 4x4 convolutions, LeakyReLU(0.2), BatchNorm on every layer but the firs
 Hyperparameters (paper sec. 4): Adam lr 2e-4, beta1 0.5, batch 128, weights ~ N(0, 0.02).
 Differences from the paper: z ~ N(0, I) instead of U(-1, 1) (the common choice since; it does
 not change results); BatchNorm scales start at N(1, 0.02) as in the widely used PyTorch port;
-batches are drawn with replacement from the dataset rather than in epochs.
+batches are drawn with replacement from the dataset rather than in epochs. The authors' released
+code (Newmu/dcgan_code, faces) uses 5x5 kernels, 128 filters (1024 at 4x4) and a dense first G
+layer; the 4x4 kernels and width 64 (512 at 4x4) here are those of the widely used PyTorch port.
 """
 import copy
 import dataclasses
@@ -33,7 +35,7 @@ class Args(RunArgs):
     image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 64)")
     batch_size: int = arg(128, "batch size per GPU (paper: 128)")
     z_dim: int = arg(100, "dimension of z (paper: 100)")
-    width: int = arg(64, "channels of the last G layer and first D layer (paper: 64 at 64x64, i.e. 1024 at 4x4)")
+    width: int = arg(64, "channels of the last G layer and first D layer (PyTorch port: 64, 512 at 4x4; authors' code: 128)")
     lr: float = arg(2e-4, "Adam learning rate for G and D (paper: 2e-4)")
     beta1: float = arg(0.5, "Adam beta1 (paper: 0.5; 0.9 oscillated)")
     beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)")

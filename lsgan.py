@@ -39,7 +39,7 @@ class Args(RunArgs):
     image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 112x112 LSUN with a larger net)")
     batch_size: int = arg(128, "batch size per GPU (DCGAN: 128)")
     z_dim: int = arg(100, "dimension of z (DCGAN: 100)")
-    width: int = arg(64, "channels of the last G layer and first D layer (DCGAN: 64 at 64x64)")
+    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)")
     coding: str = arg("0-1-1", "targets a-b-c: 0-1-1 (paper's experiments) or m1-1-0, i.e. (-1, 1, 0), the "
                       "Pearson chi^2 coding", choices=["0-1-1", "m1-1-0"])
     lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN's 2e-4; the authors' LSUN code used 1e-3 with their larger net)")

@@ -119,6 +119,7 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype):
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
+        scaler.update()  # a GradScaler allows one step per optimizer between updates
     with autocast:
         loss_g = g_loss(D(G(torch.randn(args.batch_size, args.z_dim, device=device))), args.loss)
     opt_g.zero_grad(set_to_none=True)

@@ -31,13 +31,16 @@ default) trains to the end of the schedule; steps_to_end() gives that number for
 
 Differences from the paper, and why:
 - --kimg-per-phase and --max-channels shrink the schedule and the widths for small runs.
-- --batch-size caps the per-resolution batch of the paper's table (per GPU; under DDP the images
-  of all GPUs count towards the schedule).
+- --batch-size caps the per-resolution batch of the paper's table, per GPU: the paper's batch is the
+  total over its GPUs, so with N GPUs the effective batch is N times the paper's unless --batch-size
+  is lowered to 16/N (the images of all GPUs count towards the schedule).
 - The minibatch standard deviation is taken over groups of 4 (the authors' released code; the paper
   uses the whole minibatch); the group shrinks to the largest divisor of the batch (14 -> 2, 6 -> 3).
 - toRGB, the first dense layer and D's last layer use gain 1, sqrt(2)/4 and 1 in He's constant (linear
   outputs; the dense layer matches the paper's 4x4 conv on a 1x1 input padded by 3).
-- The Adam state is kept across phases (the paper does not say it was reset).
+- Adam's moments are reset at each phase change, as the authors' code does (reset_opt_for_new_lod,
+  on by default there; the paper does not say).
+- The 4x4 dense layer has one bias per channel and pixel (the authors' code: one per channel).
 - Batches are drawn with replacement; the paper's CelebA-HQ is not built here (celeba is the aligned set).
 """
 import copy
@@ -316,7 +319,8 @@ def main():
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         images = torch.zeros((), dtype=torch.long)  # real images shown to D so far: the schedule's clock
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images)
+        opt_phase = torch.zeros((), dtype=torch.long)  # the phase the Adam moments belong to
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images, opt_phase=opt_phase)
         phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)  # where this run starts
         alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
         sample = lambda z: generate(ema if ema is not None else G, z, alpha, args.image_size)
@@ -329,6 +333,9 @@ def main():
             if new_phase != phase:
                 phase = new_phase
                 G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
+            if new_phase != opt_phase:  # new layers (or the end of a fade-in): fresh Adam moments, as the authors' code
+                opt_g.state.clear(), opt_d.state.clear()
+                opt_phase.fill_(new_phase)
             alpha.fill_(alpha_value)  # on-device fill: no host-to-device copy
             batch = batch_at(resolution, args.batch_size)
             real = real_at(data.batch(batch)[0], resolution, phase % 2 == 1, alpha)

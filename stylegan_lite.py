@@ -13,15 +13,17 @@ over the batch, then per-channel-scaled noise, bias, LeakyReLU(0.2) * sqrt(2). S
 per resolution, upsampled and summed), residual D with minibatch stddev (group 4), equalized lr
 everywhere, style mixing (prob. 0.9, one random crossover layer), truncation at sampling
 w = w_avg + psi * (w - w_avg) with a running w_avg (beta 0.995, official code).
-Hyperparameters: Adam lr 0.002, betas (0, 0.99), eps 1e-8, batch 32; R1 every 16 D steps with D's
-lr and betas adjusted by c = 16/17 (app. B); G EMA half-life 10k images; z, w 512-d; channels
-min(16384/res, 512). R1 gamma: the paper's 10 is for 1024x1024 FFHQ; we default to StyleGAN2-ADA's
+Hyperparameters: Adam lr 0.002, betas (0, 0.99), eps 1e-8, batch 32; R1 every 16 D steps (app. B);
+G EMA half-life 10k images; z, w 512-d; channels min(32768/res, 512) in config F (the official
+fmap_base 16 << 10), min(16384/res, 512) in configs A-E (8 << 10), our default. R1 gamma: the paper's 10 is for 1024x1024 FFHQ; we default to StyleGAN2-ADA's
 0.0002 * res^2 / batch (6.6 at 1024, 0.026 at 64): the gradient norm grows with the pixel count.
 
 What "lite" leaves out: path-length regularization (sec. 3.2; a second double backward that helps
 PPL more than FID at small sizes, so G keeps its plain lr and betas); upfirdn's [1,3,3,1] filter (G
 upsamples bilinearly, D average-pools); fused and mixed-precision layer variants; ramp-ups. R1 joins
-every 16th D loss (one backward) instead of a separate step. Noise strength is per channel.
+every 16th D loss (one backward) instead of a separate optimizer step, so D keeps its plain lr and
+betas: the paper's c = 16/17 adjustment (app. B) makes up for that extra step, which we do not take.
+Channels default to configs A-E's (--channel-base 32768 gives config F's). Noise strength is per channel.
 """
 import copy
 import dataclasses
@@ -46,7 +48,7 @@ class Args(RunArgs):
     w_dim: int = arg(512, "dimension of w (paper: 512)")
     mapping_layers: int = arg(8, "fully connected layers of the mapping network (paper: 8)")
     mapping_lr_mul: float = arg(0.01, "learning-rate multiplier of the mapping network (paper: 0.01)")
-    channel_base: int = arg(16384, "channels at resolution r: min(channel_base / r, channel_max) (paper, config F: 16384)")
+    channel_base: int = arg(16384, "channels at resolution r: min(channel_base / r, channel_max) (paper: 32768 in config F, 16384 in A-E)")
     channel_max: int = arg(512, "most channels in any layer (paper: 512)")
     mbstd_group: int = arg(4, "minibatch stddev group size (paper: 4; the gcd with the batch is used)")
     lr: float = arg(0.002, "Adam learning rate for G and D (paper: 0.002)")
@@ -325,9 +327,8 @@ def main():
         D = Discriminator(args.image_size, data.shape[0], args.channel_base, args.channel_max, args.mbstd_group).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
-        c = args.r1_every / (args.r1_every + 1)  # lazy regularization: D's lr and betas adjusted (appendix B)
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
-        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * c, betas=(args.beta1 ** c, args.beta2 ** c), eps=1e-8, fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         r1_last = torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, r1_last=r1_last)

@@ -78,3 +78,10 @@ def test_learns_every_ring_mode(tmp_path):
     before = mg.mode_metrics(torch.from_numpy(np.load(tmp_path / "u" / "export.npy")), ring.centres, ring.std)
     assert before["modes"] <= 1 and before["high_quality"] < 0.01
     assert last["modes"] >= 7 and last["high_quality"] > 0.1  # measured: 8 modes, 25.5% (modes oscillate)
+
+
+def test_fp16_with_several_d_steps(tmp_path):
+    """One GradScaler update per optimizer step: k D steps under fp16 used to crash at the second scaler.step."""
+    run_script("minimal_gan.py", "--dataset", "ring8", *TOY, "--steps", "3", "--d-steps", "2", "--amp", "fp16",
+               "--run-dir", tmp_path / "r")
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 3
