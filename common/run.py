@@ -246,8 +246,8 @@ class Logger:
         """Print a console line and append to metrics.jsonl. Tensors are read here, at log steps only."""
         if not self.main:
             return
-        now = time.time()
-        values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}  # waits for the device
+        now = time.time()  # after that wait, so img/s counts the work queued up to this step
         if self.last_time is not None and step > self.last_step:
             values["img_per_s"] = (step - self.last_step) * images_per_step / (now - self.last_time)
         self.last_time, self.last_step = now, step

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common import run as run_module
-from common.cli import UserError
+from common.cli import RunArgs, UserError
 from helpers import assert_user_error, metrics, run_in_process, run_script
 
 SCRIPTS = ["minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite"]
@@ -164,3 +164,19 @@ def test_track_without_wandb_is_refused_at_once(monkeypatch, tmp_path):
 def test_minimal_gan_reports_no_reverse_kl_without_a_sample_near_a_mode(tmp_path):
     proc = run_script("minimal_gan.py", "--dataset", "ring8", "--steps", "0", "--run-dir", tmp_path / "r", env=ENV)
     assert "reverse KL n/a" in proc.stdout and "0.0% high-quality" in proc.stdout
+
+
+def test_the_log_clock_is_read_after_the_losses(tmp_path, monkeypatch):
+    """On a GPU, .item() waits for the queued steps: reading the clock first would time the queueing only."""
+    order = []
+
+    class Loss(torch.Tensor):
+        def item(self):
+            order.append("item")
+            return 0.0
+
+    monkeypatch.setattr(run_module.time, "time", lambda: order.append("clock") or 1.0)
+    logger = run_module.Logger(RunArgs(), "x", str(tmp_path / "r"))
+    order.clear()
+    logger.log(1, 2, {"d_loss": torch.zeros(()).as_subclass(Loss)}, 8)
+    assert order.index("item") < order.index("clock")
