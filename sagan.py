@@ -25,7 +25,9 @@ D step per G step; z 128-d N(0, I); batch 256 (paper), 64 here by default.
 Differences from the paper: the paper's ImageNet model is class-conditional (conditional
 BatchNorm in G, projection in D); this file is unconditional (plain BatchNorm, no projection),
 which the rest of this collection also is. Default size 64x64 instead of 128x128. PyTorch's
-default initialisation. EMA of G (--ema) is not in the paper and is off by default.
+default initialisation. EMA of G (--ema) is not in the paper and is off by default. Attention follows
+the paper's text; the authors' released code differs from it: the value path h has C/2 channels, and
+keys and values are 2x2 max-pooled (attention over a quarter of the positions, a 4x cheaper map).
 """
 import copy
 import dataclasses
