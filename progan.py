@@ -297,6 +297,14 @@ def enter_phase(phase: int, compile: bool, G_ddp, D_ddp, *nets):
     return torch.compile(G_ddp, dynamic=False), torch.compile(D_ddp, dynamic=False)
 
 
+def reset_adam(phase: int, opt_phase, *optimizers):
+    """Fresh Adam moments when a phase starts (new layers, or the end of a fade-in), as the authors' code does."""
+    if phase != opt_phase:
+        for opt in optimizers:
+            opt.state.clear()
+        opt_phase.fill_(phase)
+
+
 def main():
     run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation")
     args, device = run.args, run.device
@@ -305,8 +313,8 @@ def main():
             raise UserError(f"--image-size must be a power of two from 8 to 1024, got {args.image_size}")
         if args.batch_size > max(BATCH_SIZES.values()):
             raise UserError(f"--batch-size caps the paper's per-resolution batch (at most 16), got {args.batch_size}")
-        if args.kimg_per_phase * 1000 < 1 or args.max_channels < 1 or args.mbstd_group < 1:
-            raise UserError("--kimg-per-phase must be at least 0.001, --max-channels and --mbstd-group at least 1")
+        if args.kimg_per_phase * 1000 < 1:
+            raise UserError(f"--kimg-per-phase must be at least 0.001, got {args.kimg_per_phase}")
         data = run.load_data(args.image_size)
         phase_images = round(args.kimg_per_phase * 1000)
         end_step = steps_to_end(args.image_size, phase_images, args.batch_size, run.world)
@@ -318,8 +326,8 @@ def main():
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        images = torch.zeros((), dtype=torch.long)  # real images shown to D so far: the schedule's clock
-        opt_phase = torch.zeros((), dtype=torch.long)  # the phase the Adam moments belong to
+        # The schedule's clock (real images shown to D so far) and the phase Adam's moments belong to.
+        images, opt_phase = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images, opt_phase=opt_phase)
         phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)  # where this run starts
         alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
@@ -333,9 +341,7 @@ def main():
             if new_phase != phase:
                 phase = new_phase
                 G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
-            if new_phase != opt_phase:  # new layers (or the end of a fade-in): fresh Adam moments, as the authors' code
-                opt_g.state.clear(), opt_d.state.clear()
-                opt_phase.fill_(new_phase)
+            reset_adam(new_phase, opt_phase, opt_g, opt_d)
             alpha.fill_(alpha_value)  # on-device fill: no host-to-device copy
             batch = batch_at(resolution, args.batch_size)
             real = real_at(data.batch(batch)[0], resolution, phase % 2 == 1, alpha)
@@ -343,8 +349,7 @@ def main():
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             images += batch * run.world
-            run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": int(images) / 1000},
-                           images_per_step=batch * run.world)
+            run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": int(images) / 1000}, batch * run.world)
         run.finish()
 
 

@@ -83,7 +83,7 @@ RESUMABLE = {"steps", "device", "compile", "amp", "run_dir", "log_every", "sampl
              "track", "wandb_project", "wandb_entity", "export", "data_dir", "overwrite"}
 # Integer flags that must be >= 1 (0 is allowed for the other *_every flags: it switches them off).
 POSITIVE = {"image_size", "batch_size", "z_dim", "fid_samples", "n_critic", "log_every", "width", "w_dim",
-            "mapping_layers", "r1_every", "mbstd_group"}
+            "mapping_layers", "r1_every", "mbstd_group", "max_channels"}
 NON_NEGATIVE = {"steps", "sample_every", "ckpt_every", "fid_every", "export"}
 LEARNING_RATES, BETAS = {"lr", "lr_g", "lr_d"}, {"beta1", "beta2"}  # else the optimisers raise mid-setup
 
