@@ -465,7 +465,9 @@ class Run:
         """Every rank takes part (the RNG states are gathered); rank 0 writes."""
         state = {name: (obj if torch.is_tensor(obj) or obj is None else obj.state_dict())
                  for name, obj in self.tracked.items()}
-        check_state_finite({k: v for k, v in state.items() if k != "scaler"}, self.step, kept=self.saved_once)
+        # Models and optimizers; a method's logged values (a skipped fp16 step's R1, say) may be inf there.
+        learned = {k: v for k, v in state.items() if k != "scaler" and not torch.is_tensor(self.tracked[k])}
+        check_state_finite(learned, self.step, kept=self.saved_once)
         rngs = all_rng_states(self.world)
         if self.main:
             save_checkpoint(self.log.dir / "checkpoint.pt", {"script": self.script, "step": self.step,
