@@ -173,8 +173,7 @@ def main():
         data = run.load_data(args.image_size, toy=True)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
-        if args.z_dim is None:
-            args.z_dim = 2 if data.is_2d else 100
+        args.z_dim = args.z_dim or (2 if data.is_2d else 100)
         G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
         D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None

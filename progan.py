@@ -326,8 +326,7 @@ def main():
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        # The schedule's clock (real images shown to D so far) and the phase Adam's moments belong to.
-        images, opt_phase = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
+        images, opt_phase = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)  # schedule clock, Adam's phase
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images, opt_phase=opt_phase)
         phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)  # where this run starts
         alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
