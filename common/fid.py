@@ -12,6 +12,8 @@ so a run's FID equals the FID of its exported folder. The Frechet distance is in
 
 Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--batch-size N]
 [--device D], where A and B are image folders, .npz statistics (mu, sigma) or dataset names.
+For folders and dataset names it also prints KID, precision, recall, density and coverage from
+the same features; the FID line comes last, so scripts that parse pytorch-fid's output still work.
 """
 import argparse
 import hashlib
@@ -147,6 +149,67 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
+def _distances(a: np.ndarray, b: np.ndarray, rows: int):
+    """Yield (start, Euclidean distances of a[start:start+rows] to all of b) in float64."""
+    tb = torch.from_numpy(np.asarray(b, np.float64))
+    for i in range(0, len(a), rows):
+        yield i, torch.cdist(torch.from_numpy(np.asarray(a[i:i + rows], np.float64)), tb)
+
+
+def _rows(n: int) -> int:
+    return max(1, 2 ** 24 // max(n, 1))  # chunks of ~128 MB of float64 distances, whatever the set size
+
+
+def knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each sample to its k-th nearest neighbour in x, itself excluded."""
+    if len(x) <= k:
+        raise ValueError(f"k-NN radii with k={k} need more than {k} samples, got {len(x)}")
+    radii = np.empty(len(x))
+    for i, d in _distances(x, x, _rows(len(x))):
+        radii[i:i + len(d)] = d.kthvalue(k + 1, dim=1).values.numpy()  # the 1st smallest is the sample itself
+    return radii
+
+
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """For each point, how many of the balls (centres, radii) contain it (closed balls)."""
+    counts, r = np.empty(len(points), np.int64), torch.from_numpy(radii)
+    for i, d in _distances(points, centres, _rows(len(centres))):
+        counts[i:i + len(d)] = (d <= r).sum(1).numpy()
+    return counts
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3):
+    """Improved precision and recall (Kynkaanniemi et al. 2019, arXiv:1904.06991)."""
+    precision = float((_ball_counts(fake, real, knn_radii(real, k)) > 0).mean())
+    recall = float((_ball_counts(real, fake, knn_radii(fake, k)) > 0).mean())
+    return precision, recall
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5):
+    """Density and coverage (Naeem et al. 2020, arXiv:2002.09797)."""
+    radii = knn_radii(real, k)
+    density = float(_ball_counts(fake, real, radii).sum() / (k * len(fake)))
+    # a real ball holds a fake sample iff its nearest fake sample lies within its radius
+    nearest = np.concatenate([d.min(1).values.numpy() for _, d in _distances(real, fake, _rows(len(fake)))])
+    return density, float((nearest <= radii).mean())
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0):
+    """Kernel Inception Distance, mean and std over subsets (Binkowski et al. 2018, arXiv:1801.01401)."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    m, d = min(subset_size, len(real), len(fake)), real.shape[1]
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    rng, scores = np.random.default_rng(seed), []
+    for _ in range(subsets):
+        x, y = real[rng.choice(len(real), m, replace=False)], fake[rng.choice(len(fake), m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        # unbiased MMD^2: the diagonals k(x_i, x_i) are left out of the within-set means
+        scores.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                      - 2 * kxy.sum() / m ** 2)
+    return float(np.mean(scores)), float(np.std(scores))
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats to uint8 exactly as saving to PNG does (save_image: x*255+0.5, clamp, truncate)."""
     x = (images.float().clamp(-1, 1) + 1) / 2
@@ -212,26 +275,33 @@ def _load_npz(path: Path):
     return mu, sigma
 
 
-def _stats_of(source: str, net, args):
+def _features_of(source: str, net, args):
+    """The Inception features of a folder or dataset name; None for an .npz (it holds only mu, sigma)."""
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
-        return _load_npz(path)
+        return None
     if path.is_dir():
         images = list(_folder_images(path))
         sizes = {tuple(im.shape) for im in images}
         batches = (torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)) \
             if len(sizes) == 1 else ([im.unsqueeze(0)] for im in images)
         batches = (b if torch.is_tensor(b) else b[0] for b in batches)
-        return _checked_statistics(features(net, batches), source)
+        return features(net, batches)
     from . import data
     ds = data.load(source, args.data_dir, args.image_size, torch.device("cpu"))
     if ds.is_2d:
         raise UserError(f"{source} is a 2-D toy set; FID needs images")
-    return _checked_statistics(features(net, ds.images, args.batch_size), source)
+    return features(net, ds.images, args.batch_size)
+
+
+def _stats_of(source: str, net, args):
+    feats = _features_of(source, net, args)
+    return (_load_npz(Path(source)) if feats is None else _checked_statistics(feats, source)), feats
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or dataset names.")
+    p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or dataset names "
+                                "(with images, also KID, precision, recall, density and coverage).")
     p.add_argument("a"), p.add_argument("b")
     p.add_argument("--weights", default=None, help="FID Inception weights (default: download to torch.hub's cache)")
     p.add_argument("--batch-size", type=int, default=50)
@@ -247,10 +317,21 @@ def main(argv=None):
         if device.type == "cuda" and not torch.cuda.is_available():  # else a CUDA init traceback
             raise UserError(f"--device {args.device} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
         net = load_network(args.weights, device, flag="--weights")
-        mu1, s1 = _stats_of(args.a, net, args)
-        mu2, s2 = _stats_of(args.b, net, args)
+        (mu1, s1), f1 = _stats_of(args.a, net, args)
+        (mu2, s2), f2 = _stats_of(args.b, net, args)
         if mu1.shape != mu2.shape:  # e.g. statistics of another feature layer
             raise UserError(f"{args.a} has {mu1.shape[0]}-dimensional statistics but {args.b} has {mu2.shape[0]}")
+        # A is the reference (real) set, B the generated one; FID is printed last (see the module docstring)
+        if f1 is None or f2 is None:
+            print("KID, precision, recall, density, coverage: need images (an .npz holds only mu, sigma)")
+        elif min(len(f1), len(f2)) <= 5:  # density and coverage use each sample's 5th nearest neighbour
+            print("KID, precision, recall, density, coverage: need more than 5 images on each side")
+        else:
+            kid_mean, kid_std = kid(f1, f2)
+            precision, recall = precision_recall(f1, f2)
+            density, coverage = density_coverage(f1, f2)
+            print(f"KID: {kid_mean} ± {kid_std}")
+            print(f"precision: {precision}\nrecall: {recall}\ndensity: {density}\ncoverage: {coverage}")
         print(f"FID: {frechet_distance(mu1, s1, mu2, s2)}")
 
 
