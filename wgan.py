@@ -173,6 +173,8 @@ def main():
         d_params = list(D.parameters())
         clip_weights(d_params, args.clip)  # every critic forward happens inside the box
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
+        # Under fp16 a GradScaler step of this (unfused) RMSprop reads found-inf on the host: a sync per critic
+        # step, 6 per G step. bf16 needs no scaler: prefer --amp bf16 on GPUs that have it (the default there).
         opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr)
         opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr)
         z_fixed = torch.randn(64, args.z_dim, device=device)

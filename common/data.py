@@ -106,6 +106,10 @@ def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: 
     if image_size < 4:
         raise UserError(f"--image-size must be at least 4, got {image_size}")
     images, labels, classes, key = _cached(name, Path(data_dir), image_size)
+    if need_labels and labels is None and name not in IMAGE_DATASETS and any(p.is_dir() for p in Path(name).iterdir()):
+        stray = sorted(p.name for p in Path(name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise UserError(f"{name} has class sub-folders but also images at its top level ({', '.join(stray[:5])}"
+                        f"{', ...' if len(stray) > 5 else ''}): move them into a class folder, so that every image is labelled")
     if need_labels and labels is None:
         raise UserError(f"dataset {name!r} has no labels; a conditional model needs mnist, fashion_mnist, cifar10 "
                         "or a folder whose first-level sub-folders are the classes")
@@ -203,7 +207,8 @@ def _read_mnist(name: str, data_dir: Path, size: int):
     try:
         ds = cls(str(data_dir), train=True, download=True)
     except Exception as e:  # no network, a broken mirror, a half-written file
-        raise UserError(f"{name} is not in {data_dir / cls.__name__ / 'raw'} and could not be downloaded ({e}). "
+        why = " ".join(str(e).split())[:300]  # torchvision's message spans lines: keep the error to one
+        raise UserError(f"{name} is not in {data_dir / cls.__name__ / 'raw'} and could not be downloaded ({why}). "
                         f"Put the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                         f"t10k-labels-idx1-ubyte) there, or run once with network access.") from None
     return _resize(ds.data.unsqueeze(1), size), ds.targets.long(), list(ds.classes)

@@ -180,3 +180,23 @@ def test_the_log_clock_is_read_after_the_losses(tmp_path, monkeypatch):
     order.clear()
     logger.log(1, 2, {"d_loss": torch.zeros(()).as_subclass(Loss)}, 8)
     assert order.index("item") < order.index("clock")
+
+
+def test_an_offline_mnist_is_one_line(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<urlopen error>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    proc = run_in_process("dcgan.py", "--dataset", "mnist", "--data-dir", tmp_path / "d", "--run-dir", tmp_path / "r")
+    assert_user_error(proc, "mnist is not in", "could not be downloaded", "Tried https://a/")
+
+
+def test_cgan_names_images_outside_the_class_folders(tmp_path):
+    from helpers import write_image_folder
+    folder = write_image_folder(tmp_path / "pets", per_class=2)
+    (folder / "stray.png").write_bytes((folder / "cats" / "000.png").read_bytes())
+    proc = run_in_process("cgan.py", "--dataset", folder, "--data-dir", tmp_path / "d", "--image-size", "32",
+                          "--run-dir", tmp_path / "r")
+    assert_user_error(proc, "images at its top level (stray.png)", "move them into a class folder")
