@@ -450,12 +450,13 @@ class Run:
         if due(args.ckpt_every) or stopping:  # before sampling and FID: whatever they do, the step is saved
             check_finite(metrics, step, self.scaler, kept=self.saved_once)
             self.checkpoint()
-        # Sampling draws z and noise from a forked RNG, so the training stream (and a resumed run) ignores it.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            if due(args.sample_every):
-                self._save_grid()
-            if self._use_fid() and due(args.fid_every):
-                self._score_fid()
+        grid, fid = due(args.sample_every), self._use_fid() and due(args.fid_every)
+        if grid or fid:  # sampling draws z and noise from a forked RNG: the training stream (and a resume) ignores it
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if grid:
+                    self._save_grid()
+                if fid:
+                    self._score_fid()
         if stopping:
             print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
                   f"continue with --resume {args.run_dir}")
