@@ -200,3 +200,15 @@ def test_cgan_names_images_outside_the_class_folders(tmp_path):
     proc = run_in_process("cgan.py", "--dataset", folder, "--data-dir", tmp_path / "d", "--image-size", "32",
                           "--run-dir", tmp_path / "r")
     assert_user_error(proc, "images at its top level (stray.png)", "move them into a class folder")
+
+
+def test_the_rng_is_forked_only_on_steps_that_sample(mnist_dir, tmp_path, monkeypatch):
+    """Forking the RNG copies every device's generator state: do it where sampling happens, not every step."""
+    import contextlib
+    forks = []
+    monkeypatch.setattr(run_module.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
+    monkeypatch.setattr(torch.random, "fork_rng", lambda *a, **k: forks.append(1) or contextlib.nullcontext())
+    proc = run_in_process("dcgan.py", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32", "--width", "8",
+                          "--batch-size", "8", "--steps", "6", "--sample-every", "3", "--run-dir", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    assert len(forks) == 2  # the grids of steps 3 and 6
