@@ -1,0 +1,177 @@
+"""Judging generated digits: a small classifier of our own, trained on the training split of an MNIST
+folder and cached there, scores a set of samples against the held-out split.
+
+    judge = DigitJudge.load("data", size=32)        # trains once (a minute on a CPU), then loads the cache
+    scores = judge.score(images)                   # images: (N, 1, H, W) in [-1, 1]
+    scores = judge.score(images, labels=asked)     # cgan: also the share whose class is the asked label
+
+Scores: `fd`, the Frechet distance between the classifier's penultimate features of the samples and of the
+held-out digits (0 for a perfect generator, up to the sampling noise of the two sets); `confident`, the share
+of samples the classifier calls with probability > 0.9; `covered`, the classes that hold at least 2% of the
+samples among the confident calls (a collapsed generator covers one or two, an untrained one none or a
+few); `class_share`, each class's share of the confident calls; `label_acc`, with `labels`, the share of
+samples classified as the label they were generated for.
+
+`write_sklearn_digits(folder)` writes scikit-learn's 1,797 real 8x8 digits (a test-only dependency) in
+MNIST's on-disk layout (28x28, centred in 20x20 like MNIST's), for machines where MNIST cannot be
+downloaded. The tests and `python -m benchmarks.recipes --sklearn-digits` use it.
+"""
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIDENT = 0.9   # a sample counts as a clear digit when the classifier gives its class more than this
+COVERED = 0.02    # a class is covered when at least this share of all samples are confident calls of it
+
+
+def write_sklearn_digits(folder: Path, test: int = 297, seed: int = 0) -> Path:
+    """scikit-learn's digits as FOLDER/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte: each 8x8 image
+    (values 0-16) upsampled to 20x20 and centred in 28x28, as MNIST's digits are; `test` of them, chosen at
+    random, form the held-out t10k split. Returns FOLDER."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float().mul(255 / 16).unsqueeze(1)
+    x = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    x = F.pad(x, (4, 4, 4, 4)).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    y = digits.target.astype(np.uint8)
+    order = np.random.default_rng(seed).permutation(len(x))
+    raw = Path(folder) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, idx in (("train", order[test:]), ("t10k", order[:test])):
+        n = len(idx)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + x[idx].tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + y[idx].tobytes())
+    return Path(folder)
+
+
+def read_mnist_split(folder: Path, train: bool, size: int):
+    """An MNIST split of FOLDER (torchvision's layout, no download) at `size`, in [-1, 1], and its labels."""
+    import torchvision
+    ds = torchvision.datasets.MNIST(str(folder), train=train, download=False)
+    x = ds.data.unsqueeze(1).float()
+    if size != x.shape[-1]:  # as common.data resizes the training images
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
+    return x / 127.5 - 1, ds.targets.long()
+
+
+class Classifier(nn.Module):
+    """Two conv blocks and a 64-unit feature layer: ~99% on MNIST, ~98% on the scikit-learn digits."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * (size // 4) ** 2, 64), nn.ReLU())
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.head(f), f
+
+
+def _shift(x, pixels: int):
+    """Random translations by up to `pixels` in each direction (zero fill), one per image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pixels,) * 4, value=-1.0)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n)).tolist()
+    return torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(zip(dy, dx))])
+
+
+class DigitJudge:
+    def __init__(self, net: Classifier, size: int, held_out: torch.Tensor, held_out_labels: torch.Tensor):
+        self.net, self.size = net.eval(), size
+        self.accuracy = (self.classify(held_out)[0] == held_out_labels).double().mean().item()
+        self.mu, self.sigma = _stats(self.features(held_out))
+
+    @classmethod
+    def load(cls, folder, size: int, steps: int = 3000, seed: int = 0, verbose: bool = True):
+        """The judge for FOLDER's MNIST digits at `size`: trained on the training split once and cached as
+        FOLDER/cache/digit_classifier_<size>.pt, keyed by the split's files (new files, new classifier)."""
+        folder = Path(folder)
+        raw = folder / "MNIST" / "raw"
+        source = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in raw.iterdir() if p.is_file())
+        path = folder / "cache" / f"digit_classifier_{size}.pt"
+        held_out, held_labels = read_mnist_split(folder, False, size)
+        net = Classifier(size)
+        if path.exists() and (saved := torch.load(path, weights_only=False)).get("source") == source and saved.get("steps") == steps:
+            net.load_state_dict(saved["net"])
+            return cls(net, size, held_out, held_labels)
+        x, y = read_mnist_split(folder, True, size)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            opt = torch.optim.Adam(net.parameters(), 1e-3)
+            net.train()
+            for step in range(steps):
+                idx = torch.randint(len(x), (64,))
+                logits, _ = net(_shift(x[idx], max(1, size // 16)))
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"net": net.state_dict(), "source": source, "steps": steps}, tmp)
+        tmp.replace(path)
+        judge = cls(net, size, held_out, held_labels)
+        if verbose:
+            print(f"digit classifier trained on {len(x)} digits at {size}x{size}: {judge.accuracy:.1%} on the "
+                  f"{len(held_out)} held-out digits")
+        return judge
+
+    @torch.no_grad()
+    def _outputs(self, images):
+        images = images.float()
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
+        outs = [self.net(chunk) for chunk in images.split(500)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def classify(self, images):
+        """(predicted class, its probability) per image."""
+        prob, pred = self._outputs(images)[0].softmax(1).max(1)
+        return pred, prob
+
+    def features(self, images):
+        return self._outputs(images)[1]
+
+    def score(self, images, labels=None) -> dict:
+        logits, feats = self._outputs(images)
+        prob, pred = logits.softmax(1).max(1)
+        confident = prob > CONFIDENT
+        counts = torch.bincount(pred[confident], minlength=10)
+        out = {"fd": _frechet(*_stats(feats), self.mu, self.sigma),
+               "confident": confident.double().mean().item(),
+               "covered": int((counts >= COVERED * len(images)).sum()),
+               "class_share": (counts / max(int(confident.sum()), 1)).tolist()}
+        if labels is not None:
+            out["label_acc"] = (pred == torch.as_tensor(labels)).double().mean().item()
+        return out
+
+
+def _stats(feats: torch.Tensor):
+    f = feats.double().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _frechet(mu1, s1, mu2, s2) -> float:
+    from common.fid import frechet_distance
+    return frechet_distance(mu1, s1, mu2, s2)
+
+
+def load_export(folder: Path):
+    """The PNGs of RUN_DIR/export as (N, 1, H, W) in [-1, 1], and the labels of cgan's `<class>_<index>.png`
+    names (None for plain names)."""
+    from PIL import Image
+    files = sorted(Path(folder).glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"no PNGs in {folder}")
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in files]))
+    labels = None
+    if all("_" in p.stem for p in files):
+        labels = torch.tensor([int(p.stem.split("_")[0]) for p in files])
+    return x.unsqueeze(1) / 127.5 - 1, labels
