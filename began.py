@@ -25,6 +25,11 @@ on the device; when a window's mean has not improved on the best by 1% for more 
 --lr-patience windows in a row, both learning rates are halved.
 Differences from the paper: batches drawn with replacement; no skip connections (the paper's
 optional "vanishing residuals").
+Short runs and k_0 (--k-init, default the paper's 0): early on L(G(z)) > gamma * L(x), so k_t is
+pulled to 0 and stays there for the first hundreds of steps; with k_t = 0, D puts no energy on
+fakes and G collapses onto the one image D reconstructs best, and never recovers. Measured on real
+digits at 16x16 (width 16, 2,000 steps): k_0 = 0, 0.1 or 0.3, lambda_k up to 0.2, gamma 0.8:
+one or two classes; k_0 = 0.5: 7 classes (3,000 steps: 8). The CPU recipe starts at k_0 = 0.5.
 """
 import copy
 import dataclasses
@@ -46,6 +51,7 @@ class Args(RunArgs):
     width: int = arg(64, "n, the filters of the first encoder block and of every decoder layer (paper: 128 at 128x128)")
     gamma: float = arg(0.5, "diversity ratio gamma = E[L(G(z))] / E[L(x)] that k_t steers to (paper: 0.5)")
     lambda_k: float = arg(0.001, "proportional gain lambda_k of the k_t update (paper: 0.001)")
+    k_init: float = arg(0.0, "k_0, the starting k_t (paper: 0; short runs collapse unless it starts near 0.5)")
     lr: float = arg(1e-4, "Adam learning rate for G and D (paper: 1e-4, range [5e-5, 1e-4])")
     beta1: float = arg(0.9, "Adam beta1 (paper: Adam defaults)")
     beta2: float = arg(0.999, "Adam beta2 (paper: Adam defaults)")
@@ -181,6 +187,8 @@ def main():
             raise UserError(f"--image-size must be a power of two >= 8, got {args.image_size}")
         if not 0 < args.gamma <= 1:
             raise UserError(f"--gamma must be in (0, 1], got {args.gamma}")
+        if not 0 <= args.k_init <= 1:
+            raise UserError(f"--k-init must be in [0, 1], got {args.k_init}")
         if args.width < 1 or args.h_dim < 1 or args.lr_window < 0 or args.lr_patience < 0:
             raise UserError("--width and --h-dim must be at least 1, --lr-window and --lr-patience 0 or more")
         data = run.load_data(args.image_size)
@@ -193,7 +201,7 @@ def main():
         # threshold 0.01 (relative): "stalls" = less than 1% better than the best window so far
         plateau_g, plateau_d = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=args.lr_patience,
                                                                            threshold=0.01) for opt in (opt_g, opt_d))
-        k = torch.zeros((), device=device)  # k_0 = 0; stays on the device
+        k = torch.full((), args.k_init, device=device)  # k_0; stays on the device
         m_sum = torch.zeros((), device=device)  # M_global summed over the current lr window
         z_fixed = sample_z(64, args.z_dim, device)
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, plateau_g=plateau_g, plateau_d=plateau_d, k=k,

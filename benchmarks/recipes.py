@@ -72,7 +72,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     from benchmarks.digits import DigitJudge, load_export, write_sklearn_digits
     data_dir, runs = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
-    recipes = read_recipes(Path(args.recipes))
+    try:
+        recipes = read_recipes(Path(args.recipes))
+    except (OSError, ValueError) as e:
+        p.error(f"recipes file: {e}")
     names = [s.strip().removesuffix(".py") for s in args.scripts.split(",") if s.strip()]
     if missing := [s for s in names if s not in recipes]:
         p.error(f"no recipe for {', '.join(missing)} in {args.recipes}")

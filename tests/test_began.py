@@ -93,11 +93,10 @@ def test_compile(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 1000 steps nearly all samples are sharp, placed rectangles; a blank, blurry or untrained G fails.
-    Measured (seed 1, one thread, 126 s): 98% sharp, but all on one position: at this budget BEGAN's G is
-    still collapsed (k_t had risen and fallen back once; gamma 1.0 collapsed too), so diversity is not
-    asserted. lr 3e-4 (paper: <= 1e-4) and lambda_k 0.01 (paper: 0.001) so that k_t moves within the run:
-    with the paper's lambda_k, 5% sharp; with lr 1e-4, none."""
-    assert_learns_digits("began.py", mnist_dir, tmp_path, 1000, size=16,
-                         extra=["--width", "16", "--lr", "3e-4", "--lambda-k", "0.01"], min_sharp=0.5, min_modes=1)
+def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+    """After 2000 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
+    confident samples; the untrained G does not. Measured (seed 1, one thread): 8 classes, 61% confident,
+    FD 185 (untrained: 0 classes). k_0 = 0.5 and gamma 0.7 (paper: 0, 0.5): with k_0 = 0, G collapsed onto
+    one digit in every setting tried (see the header); the paper's lr, lambda_k and batch."""
+    assert_learns_digits("began.py", real_digits, digit_judge, tmp_path, 2000, size=16,
+                         extra=["--width", "16", "--batch-size", "16", "--k-init", "0.5", "--gamma", "0.7"])

@@ -93,7 +93,10 @@ def test_compile(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 1200 steps many samples are sharp, placed rectangles on most positions; a blank, blurry, collapsed
-    or untrained G fails. Measured (seed 1): 45% sharp on 10 of 10 positions. lr 5e-4 instead of the paper's 2e-4 to fit a CPU minute."""
-    assert_learns_digits("dcgan.py", mnist_dir, tmp_path, 1200, extra=["--width", "16", "--lr", "5e-4"], min_sharp=0.2, min_modes=5)
+def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+    """After 1200 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
+    confident samples; the untrained G does not.
+    Measured (seed 1, one thread): 10 classes, 66% confident, FD 53 (untrained: 0 classes, 0%). Width 16 and lr
+    5e-4 (paper: 64, 2e-4) to fit a CPU minute."""
+    assert_learns_digits("dcgan.py", real_digits, digit_judge, tmp_path, 1200,
+                         extra=["--width", "16", "--batch-size", "32", "--lr", "5e-4"])

@@ -202,10 +202,11 @@ def test_compile_across_a_phase_change(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(mnist_dir, tmp_path):
-    """Grown to 16x16 (5 phases of 400 steps), many samples are sharp, placed rectangles on most positions; a
-    blank, noisy or collapsed G fails. Measured (seed 1, one thread, 96 s): EMA samples 39% sharp on 9 of 10
-    positions (raw G 36%); with 100 steps a phase the samples were still noise (0% sharp)."""
-    assert_learns_digits("progan.py", mnist_dir, tmp_path, 0, size=16, untrained=False,  # --steps 0: the whole schedule
-                         extra=["--max-channels", "32", "--z-dim", "32", "--batch-size", "16", "--kimg-per-phase", "6.4",
-                                "--ema-decay", "0.99"], min_sharp=0.2, min_modes=5)
+def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+    """Grown to 16x16 (5 phases of 600 steps) on real handwritten digits, the EMA samples cover at least 8
+    of the 10 classes with confident samples. Measured (seed 1, one thread): 10 classes, 61% confident,
+    FD 82; with 400 steps a phase, 7 classes. (--steps 0 runs the whole schedule, so there is no untrained
+    run here; tests/test_digit_judge.py shows that noise and blank images fail the bar.)"""
+    assert_learns_digits("progan.py", real_digits, digit_judge, tmp_path, 0, size=16, untrained=False,
+                         extra=["--max-channels", "32", "--z-dim", "32", "--batch-size", "16", "--kimg-per-phase",
+                                "9.6", "--ema-decay", "0.99"])

@@ -121,9 +121,10 @@ def test_bf16_autocast(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 1000 steps at the paper's two learning rates many samples are sharp, placed rectangles; a blank,
-    blurry or untrained G fails. Measured (seed 1, one thread, 69 s): 48% sharp on 4 of 10 positions
-    (300 steps: still blank)."""
-    assert_learns_digits("sagan.py", mnist_dir, tmp_path, 1000, size=16, extra=["--width", "16", "--attn-res", "8"],
-                         min_sharp=0.2, min_modes=3)
+def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+    """After 1000 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
+    confident samples; the untrained G does not.
+    Measured (seed 1, one thread): 9 classes, 60% confident, FD 70 (untrained: 0), at the paper's two learning
+    rates."""
+    assert_learns_digits("sagan.py", real_digits, digit_judge, tmp_path, 1000, size=16,
+                         extra=["--width", "16", "--batch-size", "32", "--attn-res", "8"])

@@ -175,11 +175,11 @@ def test_compile(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(mnist_dir, tmp_path):
-    """After 400 steps many EMA samples are sharp, placed rectangles; a blank, blurry or untrained G fails.
-    Measured (seed 0, one thread, 25 s): EMA 39% sharp, raw G 53%, both on 2 of 10 positions. At this size
-    and budget the generator covers few positions (seed 1: one; 1000 steps: one, 92% sharp), so only one is
-    asserted."""
-    assert_learns_digits("stylegan_lite.py", mnist_dir, tmp_path, 400, size=16, min_sharp=0.2, min_modes=1,
+def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+    """After 1000 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
+    confident samples; the untrained G does not. Measured (seed 1, one thread): 8 classes, 62% confident,
+    FD 132 (untrained: 2 classes, smooth blobs). After 400 steps: 5 to 7 classes, and no single change
+    (no style mixing, R1 gamma 0.1, mapping lr x0.1, no EMA, lr 1e-3) reached 8: it needs the steps."""
+    assert_learns_digits("stylegan_lite.py", real_digits, digit_judge, tmp_path, 1000, size=16,
                          extra=["--batch-size", "16", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2",
-                                "--channel-base", "256", "--channel-max", "32", "--ema-decay", "0.95", "--seed", "0"])
+                                "--channel-base", "256", "--channel-max", "32", "--ema-decay", "0.95"])

@@ -1,0 +1,91 @@
+"""The CPU recipes: benchmarks/cpu_recipes.txt and the README's "Train on a CPU" table agree, every flag is
+accepted by its script, every recipe starts, and the runner scores what a recipe learned."""
+import importlib
+import re
+import shlex
+import sys
+
+import pytest
+
+from benchmarks.recipes import LEFT_TO_THE_RUNNER, SCRIPTS, main as run_recipes, read_recipes
+from helpers import ROOT, run_script
+
+sys.path.insert(0, str(ROOT))
+
+
+def readme_commands() -> dict:
+    """{script: command} from the README's "Train on a CPU" table (second column, in backticks)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Train on a CPU\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `") or line.startswith("| [")]
+    commands = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        command = re.fullmatch(r"`(.*)`", cells[1]).group(1)
+        commands[shlex.split(command)[1].removesuffix(".py")] = command
+    return commands
+
+
+def test_ten_recipes_and_the_readme_agree():
+    recipes = read_recipes()
+    assert sorted(recipes) == sorted(SCRIPTS)
+    readme = readme_commands()
+    assert sorted(readme) == sorted(SCRIPTS)
+    for name, flags in recipes.items():
+        assert shlex.split(readme[name]) == ["python", f"{name}.py", "--dataset", "mnist", "--device", "cpu", *flags], name
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_flag_is_accepted(name):
+    from common.cli import parse_args
+    module = importlib.import_module(name)
+    args, given = parse_args(module.Args, "recipe", ["--dataset", "mnist", *read_recipes()[name]])
+    assert given >= {"dataset", "steps"} or name == "progan"  # a recipe says how long it trains
+
+
+def test_the_reader_refuses_what_the_runner_adds(tmp_path):
+    for flag in LEFT_TO_THE_RUNNER:
+        path = tmp_path / "r.txt"
+        path.write_text(f"# a comment\ndcgan.py --steps 10 {flag} x\n")
+        with pytest.raises(ValueError, match=flag):
+            read_recipes(path)
+    (tmp_path / "two.txt").write_text("dcgan.py --steps 1\ndcgan.py --steps 2\n")
+    with pytest.raises(ValueError, match="second recipe"):
+        read_recipes(tmp_path / "two.txt")
+    (tmp_path / "bad.txt").write_text("dcgan2.py --steps 1\n")
+    with pytest.raises(ValueError, match="not one of the ten"):
+        read_recipes(tmp_path / "bad.txt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_recipe_starts(name, real_digits, tmp_path):
+    """Each recipe passes its script's own checks (sizes, channel counts) and trains: one step, two exports."""
+    steps = ["--steps", "1"] if name != "progan" else ["--kimg-per-phase", "0.016"]  # progan: the whole schedule, tiny
+    run_script(f"{name}.py", "--dataset", "mnist", "--data-dir", real_digits, "--device", "cpu",
+               "--run-dir", tmp_path / "r", "--export", "2", *read_recipes()[name], *steps, "--sample-every", "0")
+    assert len(list((tmp_path / "r" / "export").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_the_runner_prints_the_table(real_digits, tmp_path, capsys):
+    """The runner on a 20-step dcgan recipe: the table row is there, and a 20-step G covers few classes."""
+    (tmp_path / "r.txt").write_text("# tiny\ndcgan.py --image-size 32 --width 8 --batch-size 16 --steps 20\n")
+    run_recipes(["--data-dir", str(real_digits), "--scripts", "dcgan", "--recipes", str(tmp_path / "r.txt"),
+                 "--runs-dir", str(tmp_path / "runs"), "--samples", "200"])
+    out = capsys.readouterr().out
+    print(out)
+    assert "| real training digits | 0.0 |" in out and "| 10/10 |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| dcgan.py |"))
+    assert int(row.split("|")[4].split("/")[0]) < 8
+    assert (tmp_path / "runs" / "dcgan" / "export").is_dir()
+
+
+def test_the_runner_says_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_recipes(["--data-dir", str(tmp_path), "--recipes", str(tmp_path / "none.txt")])
+    assert e.value.code == 2 and "none.txt" in capsys.readouterr().err
+    (tmp_path / "r.txt").write_text("dcgan.py --steps 1\n")
+    with pytest.raises(SystemExit):
+        run_recipes(["--data-dir", str(tmp_path), "--recipes", str(tmp_path / "r.txt"), "--scripts", "dcgan"])
+    assert "MNIST" in capsys.readouterr().err
