@@ -196,8 +196,8 @@ def digits_pass(scores: dict, min_confident: float = 0.3, min_classes: int = MIN
 
 def assert_learns_digits(script: str, digits, judge, tmp_path: Path, steps: int, size: int = 32, extra=(),
                          min_confident: float = 0.3, untrained: bool = True, min_classes: int = MIN_CLASSES, **kw):
-    """Fail unless, after `steps` steps on real digits, the samples cover at least 8 of the 10 classes and at
-    least `min_confident` of them are called with confidence by the judge, while the same G untrained does
+    """Fail unless, after `steps` steps on real digits, the samples cover at least `min_classes` (8) of the 10 classes
+    and at least `min_confident` of them are called with confidence by the judge, while the same G untrained does
     not pass that bar. A blank, noisy, blurred or collapsed generator fails (tests/test_digit_judge.py).
     `min_classes` lowers the 8 for a method that does not reach it yet (said where it is used)."""
     scores = learned_digits(script, digits, judge, tmp_path, steps, size, extra, untrained=untrained, **kw)

@@ -10,7 +10,7 @@ from helpers import assert_same_weights, digits_pass, learned_digits, load_pngs,
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
-LEARN_STEPS, MIN_ACCURACY = 1200, 0.8  # measured at 1200 steps: 93% of samples match their label
+LEARN_STEPS, MIN_ACCURACY = 1200, 0.8  # measured at 1200 steps: 86-93% of samples match their label
 
 
 def test_smoke_writes_every_file_and_a_grid_row_per_class(mnist_dir, tmp_path):
@@ -100,9 +100,10 @@ def test_compile(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_generates_the_requested_digit(real_digits, digit_judge, tmp_path):
-    """Trained on real handwritten digits, samples drawn for class k are classified as k by the judge, and all
-    ten classes are covered; the untrained G's samples match their labels only by chance.
-    Measured (seed 1, one thread): 10 classes, 88% confident, 93% match their label; untrained: 10% match."""
+    """Trained on real handwritten digits, samples drawn for class k are classified as k by the judge (80%), and at
+    least 8 classes are covered; the untrained G's samples match their labels only by chance.
+    Measured (seed 1, one thread): 10 classes, 88% confident, 93% match their label when calibrated; 9, 80%
+    and 86% in a later clean-clone run; untrained: 10% match."""
     scores = learned_digits("cgan.py", real_digits, digit_judge, tmp_path, LEARN_STEPS,
                             extra=["--width", "16", "--batch-size", "32", "--lr", "5e-4"])
     assert scores["untrained"]["label_acc"] < 0.3, scores["untrained"]
