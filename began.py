@@ -7,6 +7,8 @@ The discriminator D is an autoencoder; its L1 reconstruction error is the "energ
     g_loss   = L(G(z_G))
     k_{t+1}  = clip(k_t + lambda_k * (gamma * L(x) - L(G(z_G))), 0, 1),   k_0 = 0
     M_global = L(x) + |gamma * L(x) - L(G(z_G))|           (convergence measure, logged)
+Both L(x) and L(G(z)) in k_t and M_global come from the D pass before D's update (one D, as in
+the equations); z_D = z_G: one z per step.
 
 Architecture (fig. 1, sec. 3.5): 3x3 convolutions with ELU. The encoder has one block per
 scale from the image size down to 8x8; a block is two convolutions of n*i filters (i = 1, 2,
@@ -164,7 +166,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    energies = torch.stack([loss_real.detach(), loss_fake.detach()])
+    # k_t and M_global from one D (before its update), as the paper's equations: L(x) and L(G(z)) of the same pass
+    energies = torch.stack([loss_real.detach(), loss_fake_d.detach()])
     if world > 1:  # DDP: energies averaged over GPUs, so k_t and the lr schedule agree on every rank (no host sync)
         torch.distributed.all_reduce(energies, op=torch.distributed.ReduceOp.AVG)
     update_k(k, energies[0], energies[1], args.gamma, args.lambda_k)

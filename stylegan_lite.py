@@ -200,7 +200,9 @@ def mix_styles(w1, w2, num_ws: int, mixing_prob: float):
 
 
 class DBlock(nn.Module):
-    """Residual block: two 3x3 convs and a 2x downsampling, plus a 1x1 skip, summed with 1/sqrt(2)."""
+    """Residual block: a 3x3 conv, a 2x downsampling, a 3x3 conv, plus a 1x1 skip, summed with 1/sqrt(2).
+    The second conv runs after the downsampling, then its bias and activation, in the official order (blur and a
+    stride-2 conv, then bias_act), with a 2x2 average pool in place of the blur."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -209,7 +211,7 @@ class DBlock(nn.Module):
 
     def forward(self, x):
         skip = self.skip(F.avg_pool2d(x, 2))
-        x = F.avg_pool2d(lrelu(self.conv1(lrelu(self.conv0(x)))), 2)
+        x = lrelu(self.conv1(F.avg_pool2d(lrelu(self.conv0(x)), 2)))
         return (x + skip) / math.sqrt(2)
 
 

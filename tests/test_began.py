@@ -67,6 +67,27 @@ def test_losses_and_k_update_match_formulas():
     assert k.item() == 0.0
 
 
+def test_k_and_m_global_use_one_d():
+    """k_t and M_global take L(x) and L(G(z)) from the same D, the one before its update (the paper's equations)."""
+    import copy
+    import types
+    torch.manual_seed(0)
+    G, D = began.Decoder(4, 4, 8, 1), began.Discriminator(4, 4, 8, 1)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (G, D))
+    args = types.SimpleNamespace(z_dim=4, gamma=0.5, lambda_k=0.1)
+    real, k = torch.rand(8, 1, 8, 8) * 2 - 1, torch.tensor(0.5)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fake = copy.deepcopy(G)(began.sample_z(8, 4, "cpu"))
+        D0 = copy.deepcopy(D)
+        loss_real, loss_fake = began.reconstruction_loss(real, D0(real)), began.reconstruction_loss(fake, D0(fake))
+    torch.manual_seed(1)
+    losses = began.train_step(G, D, opt_g, opt_d, torch.amp.GradScaler("cpu", enabled=False), real, k, args, None, 1)
+    assert losses["loss_fake"].item() == pytest.approx(loss_fake.item(), rel=1e-5)
+    assert k.item() == pytest.approx(0.5 + 0.1 * (0.5 * loss_real.item() - loss_fake.item()), rel=1e-5)
+    assert losses["M_global"].item() == pytest.approx(began.convergence_measure(loss_real, loss_fake, 0.5).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("size", [8, 32, 64])
 def test_architecture_follows_figure_1(size):
     G, D = began.Decoder(64, 16, size, 3), began.Discriminator(64, 16, size, 3)

@@ -68,8 +68,12 @@ def test_every_recipe_starts(name, real_digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_runner_prints_the_table(real_digits, tmp_path, capsys):
-    """The runner on a 20-step dcgan recipe: the table row is there, and a 20-step G covers few classes."""
+def test_the_runner_prints_the_table(real_digits, tmp_path, capsys, monkeypatch):
+    """The runner on a 20-step dcgan recipe: the table row is there, and a 20-step G covers few classes.
+    Its judge trains for 600 steps here, not 3,000 (tests/test_digit_judge.py checks the judge itself)."""
+    from benchmarks.digits import DigitJudge
+    load = DigitJudge.load.__func__
+    monkeypatch.setattr(DigitJudge, "load", classmethod(lambda cls, folder, size: load(cls, folder, size, steps=600)))
     (tmp_path / "r.txt").write_text("# tiny\ndcgan.py --image-size 32 --width 8 --batch-size 16 --steps 20\n")
     run_recipes(["--data-dir", str(real_digits), "--scripts", "dcgan", "--recipes", str(tmp_path / "r.txt"),
                  "--runs-dir", str(tmp_path / "runs"), "--samples", "200"])
