@@ -8,9 +8,10 @@ Objective (non-saturating logistic loss with lazy R1, paper sec. 3.1 and appendi
 
 Architecture (fig. 2 and 7, config E/F): z -> pixel norm -> 8-layer mapping MLP (lr x 0.01) -> w.
 Synthesis starts from a learned 4x4 constant; each 3x3 conv is modulated by a style s = A(w) and
-demodulated, w' = s_i * w_ijk, w'' = w' / sqrt(sum_ik w'^2 + eps) (eq. 1-3), as one grouped conv
-over the batch, then per-channel-scaled noise, bias, LeakyReLU(0.2) * sqrt(2). Skip G (a 1x1 toRGB
-per resolution, upsampled and summed), residual D with minibatch stddev (group 4), equalized lr
+demodulated, w' = s_i * w_ijk, w'' = w' / sqrt(sum_ik w'^2 + eps) (eq. 1-3), computed as the
+official code trains (styles scale the input, one shared conv, demodulation scales the output),
+then per-channel-scaled noise, bias, LeakyReLU(0.2) * sqrt(2). Skip G (a 1x1 toRGB per
+resolution, upsampled and summed), residual D with minibatch stddev (group 4), equalized lr
 everywhere, style mixing (prob. 0.9, one random crossover layer), truncation at sampling
 w = w_avg + psi * (w - w_avg) with a running w_avg (beta 0.995, official code).
 Hyperparameters: Adam lr 0.002, betas (0, 0.99), eps 1e-8, batch 32; R1 every 16 D steps (app. B);
@@ -102,15 +103,15 @@ class ModulatedConv2d(nn.Module):
         self.scale, self.demodulate = 1 / math.sqrt(c_in * kernel * kernel), demodulate
 
     def forward(self, x, w):
-        n, c_in, h, wd = x.shape
         s = self.affine(w)  # (n, c_in)
-        weight = self.weight[None] * self.scale * s[:, None, :, None, None]  # w'_ijk = s_i * w_ijk
-        if self.demodulate:  # w''_ijk = w'_ijk / sqrt(sum_ik w'_ijk^2 + eps)
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-        # One grouped convolution: the batch becomes groups, each sample with its own weights.
-        out = F.conv2d(x.reshape(1, n * c_in, h, wd), weight.reshape(-1, c_in, *weight.shape[3:]),
-                       padding=weight.shape[-1] // 2, groups=n)
-        return out.reshape(n, -1, h, wd)
+        weight = self.weight * self.scale
+        # Scaling the input by s_i equals scaling w_ijk by s_i (w'), and demodulating scales output j, so one conv
+        # with the shared weights serves the whole batch (the official code's training path, its "non-fused" one).
+        out = F.conv2d(x * s[:, :, None, None].to(x.dtype), weight, padding=weight.shape[-1] // 2)
+        if self.demodulate:  # w''_ijk = w'_ijk / sqrt(sum_ik w'_ijk^2 + eps), sum_ik w'^2 = sum_i s_i^2 sum_k w_ijk^2
+            d = torch.rsqrt((s.float().pow(2)[:, None, :] * weight.float().pow(2).sum(dim=(2, 3))).sum(2) + 1e-8)  # (n, c_out), fp32
+            out = out * d[:, :, None, None].to(out.dtype)
+        return out
 
 
 class StyleLayer(nn.Module):

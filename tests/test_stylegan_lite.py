@@ -90,6 +90,22 @@ def test_r1_against_hand_computed_gradient():
     assert torch.allclose(grad_a, (8 * a * x.detach() ** 2).mean(0, keepdim=True))
 
 
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulated_conv_equals_per_sample_weights(demodulate):
+    """Modulating the input and demodulating the output equals convolving each sample with its own w'' (eq. 1-3)."""
+    torch.manual_seed(0)
+    conv = sg.ModulatedConv2d(6, 5, 3, w_dim=4, demodulate=demodulate)
+    x, w = torch.randn(3, 6, 8, 8), torch.randn(3, 4)
+    with torch.no_grad():
+        s = conv.affine(w)
+        for i in range(3):
+            weight = conv.weight * conv.scale * s[i][None, :, None, None]  # w'_ijk = s_i * w_ijk
+            if demodulate:
+                weight = weight / (weight.pow(2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8).sqrt()
+            expected = torch.nn.functional.conv2d(x[i:i + 1], weight, padding=1)
+            assert torch.allclose(conv(x, w)[i:i + 1], expected, atol=1e-5)
+
+
 def test_demodulation_gives_unit_variance():
     torch.manual_seed(0)
     conv = sg.ModulatedConv2d(64, 64, 3, w_dim=8)
