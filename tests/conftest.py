@@ -10,6 +10,17 @@ import pytest  # noqa: E402  (after the thread settings, which numpy and torch r
 from helpers import write_image_folder, write_mnist  # noqa: E402
 
 
+# The slow tier's longest tests, by what they do, longest kind first: they start first, so that the workers do not
+# end with one of them alone on a long test (pytest-xdist hands tests out in collection order).
+LONGEST_FIRST = (("learns", "generates_the_requested_digit", "runner_prints"), ("compile", "parity"), ("recipe_starts",))
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        return next((i for i, words in enumerate(LONGEST_FIRST) if any(w in item.name for w in words)), len(LONGEST_FIRST))
+    items.sort(key=rank)  # stable: file order within a rank
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
     return write_mnist(tmp_path_factory.mktemp("mnist_data"))
