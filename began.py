@@ -34,7 +34,10 @@ settles on what D reconstructs well. Measured on real digits (width 16, batch 16
 k_0 = 0.5 gave seven; at 32x32, k_0 = 0.5 with gamma 0.7 still lost k_t by step 300 (4,000
 steps: blurred blobs, three classes), beta1 0.5 and lr 2e-4 with k_0 = 0 gave three classes,
 and k_0 = 0.5, gamma 0.7, beta1 0.5, lr 3e-4 kept k_t near 0.3 and gave eight classes in 2,000
-steps, but five in the CPU recipe's 4,000-step run: not solved yet. The defaults stay the paper's.
+steps, but five in the CPU recipe's 4,000-step run. Since k_t and M_global read one D pass (the
+runs above read L(G(z)) after D's update): the recipe gave four classes (k_t 0.5 -> 0.12, narrow
+blobs), gamma 1 lost k_t by step 1,000, and the 16x16 test run six classes. Not solved yet. The
+defaults stay the paper's.
 """
 import copy
 import dataclasses
