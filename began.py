@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 
 @dataclasses.dataclass
@@ -162,8 +162,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_fake = reconstruction_loss(fake, D(fake))  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_fake = reconstruction_loss(fake, D(fake))
         loss_g = g_loss(loss_fake)
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()

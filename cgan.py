@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run, export_images
+from common.run import Run, export_images, frozen
 
 
 @dataclasses.dataclass
@@ -119,8 +119,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, labels, z_dim, amp_dtype):
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_g = g_loss(D(fake, labels))  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_g = g_loss(D(fake, labels))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -132,7 +132,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, labels, z_dim, amp_dtype):
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # BatchNorm statistics: copied, not averaged
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -179,10 +180,10 @@ def main():
             y = data.labels[torch.randint(len(data.labels), (k,), device=data.labels.device)].to(device)
             return generate(G_sample, torch.randn(k, args.z_dim, device=device), y)
         run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed.repeat(num_classes, 1), grid_y),
-                         grid_rows=len(z_fixed))
+                         grid_rows=len(z_fixed), own_bn=ema)
         # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
-        G_train = run.wrap(G, broadcast_buffers=False)
-        D_train = run.wrap(D, broadcast_buffers=False)
+        G_train = run.wrap(G, forward_sync_buffers=False)
+        D_train = run.wrap(D, forward_sync_buffers=False)
 
         while run.next_step():
             real, labels = data.batch(args.batch_size)

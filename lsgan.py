@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 
 @dataclasses.dataclass
@@ -118,8 +118,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype, coding):
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_g = g_loss(D(fake), c)  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_g = g_loss(D(fake), c)
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -131,7 +131,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype, coding):
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # BatchNorm statistics: copied, not averaged
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -161,10 +162,10 @@ def main():
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
-                         grid=lambda: generate(G_sample, z_fixed))
+                         grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
         # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
-        G_train = run.wrap(G, broadcast_buffers=False)
-        D_train = run.wrap(D, broadcast_buffers=False)
+        G_train = run.wrap(G, forward_sync_buffers=False)
+        D_train = run.wrap(D, forward_sync_buffers=False)
 
         while run.next_step():
             real, _ = data.batch(args.batch_size)

@@ -23,6 +23,23 @@ Differences from the paper: Adam (lr 5e-4, betas (0.5, 0.999)) instead of SGD wi
 as the 2-D benchmark papers train; D keeps the paper's dropout at a rate of 0.2. These
 settings were chosen by short CPU runs on grid25 (README gives the measured figures). z is 2-d for 2-D data
 (as in PacGAN's setting), 100-d for images.
+
+Remedies for mode collapse, each off by default (the file is the 2014 GAN unless a flag is given):
+    --feature-matching       Salimans et al. 2016, arXiv:1606.03498, sec. 3.1: G minimises
+                             ||mean f(x) - mean f(G(z))||^2, f = D's last hidden layer
+    --minibatch-disc B       sec. 3.2: D's last hidden layer gets B features o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1),
+                             M_i = f(x_i) T, T of shape (A, B, C), computed within the real or the fake batch
+    --label-smoothing a      sec. 3.4, one-sided: D's target for real samples is 1 - a (fake stays 0)
+    --historical-averaging w sec. 3.3: each player's loss + w ||theta - mean of its past theta||^2
+    --unroll K               Metz et al. 2017, arXiv:1611.02163: G's loss through D after K more Adam steps of
+                             D (eq. 7-10), differentiated through the steps (their main variant; the Adam
+                             second moments are held fixed in the differentiation), on a copy of D's
+                             parameters (torch.func.functional_call); D itself trains as before
+    --pack m                 PacGAN, Lin et al. 2018, arXiv:1712.04086: D sees m samples side by side, all real
+                             or all fake; each step draws m x batch samples
+Where they differ from their papers: minibatch discrimination uses the paper's plain T and its sum over all j
+(Salimans' code also weight-normalises T, initialises from data and leaves out j = i); the K unrolled steps
+reuse one real batch and one z, as Metz et al.'s notebook does. Measured on ring8 / grid25: benchmarks/RESULTS.md.
 """
 import copy
 import dataclasses
@@ -33,9 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.func import functional_call
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 
 @dataclasses.dataclass
@@ -54,6 +72,14 @@ class Args(RunArgs):
     dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)")
     lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)")
     beta1: float = arg(0.5, "Adam beta1")
+    # Remedies for mode collapse, all off by default (the header cites each)
+    feature_matching: bool = arg(False, "G matches the mean of D's last hidden layer on real and fake (paper: Salimans et al. sec. 3.1)")
+    minibatch_disc: int = arg(0, "kernels B of the minibatch discrimination layer, 0: off (paper: Salimans et al. sec. 3.2; their CIFAR code: 100)")
+    minibatch_dim: int = arg(5, "dimension C of each minibatch-discrimination kernel (paper: their code's 5)")
+    label_smoothing: float = arg(0.0, "one-sided label smoothing: real target 1 - this (paper: Salimans et al. sec. 3.4, target .9)")
+    historical_averaging: float = arg(0.0, "weight of ||theta - mean of past theta||^2 in each player's loss, 0: off (paper: Salimans et al. sec. 3.3; the weight is ours)")
+    unroll: int = arg(0, "D steps G looks ahead through, 0: off (paper: Metz et al. 2017; VEEGAN's runs and the authors' notebook: 5)")
+    pack: int = arg(1, "samples per D input, 1: off (paper: PacGAN; 2, 3 or 4)")
     log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode metrics)")
     sample_every: int = arg(2000, "sample picture every N steps (0: only at the end)")
     ckpt_every: int = arg(2000, "checkpoint every N steps (0: only at the end)")
@@ -85,20 +111,45 @@ class Generator(nn.Module):
         return torch.tanh(x).view(len(z), *self.shape) if self.images else x
 
 
-class Discriminator(nn.Module):
-    def __init__(self, hidden: int, layers: int, pieces: int, dropout: float, shape: tuple):
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016 sec. 3.2: f(x_i) (A features) -> [f(x_i), o(x_i)], o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1)."""
+
+    def __init__(self, n_in: int, kernels: int, dim: int):
         super().__init__()
-        dims = [math.prod(shape)] + [hidden] * layers
+        self.T = nn.Parameter(0.05 * torch.randn(n_in, kernels * dim))  # T: A x B x C; N(0, 0.05) as their code
+        self.kernels = kernels
+
+    def forward(self, f):
+        M = rearrange(f @ self.T, "n (b c) -> b n c", b=self.kernels)  # B x n x C: kernel b's row of every M_i
+        o = torch.exp(-torch.cdist(M, M, p=1)).sum(-1)  # B x n; the sum over j includes i, as the paper writes it
+        return torch.cat([f, o.T], 1)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, hidden: int, layers: int, pieces: int, dropout: float, shape: tuple, pack: int = 1,
+                 minibatch_kernels: int = 0, minibatch_dim: int = 5):
+        super().__init__()
+        dims = [pack * math.prod(shape)] + [hidden] * layers  # PacGAN: one input is `pack` samples side by side
         blocks = [m for a, b in zip(dims, dims[1:]) for m in (Maxout(a, b, pieces), nn.Dropout(p=dropout))]
-        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden + minibatch_kernels, 1))
+        self.minibatch = MinibatchDiscrimination(hidden, minibatch_kernels, minibatch_dim) if minibatch_kernels else None
+        self.pack = pack
+
+    def features(self, x):
+        """f(x): the last hidden layer, one row per pack of `pack` consecutive samples."""
+        return self.net[:-1](rearrange(x.flatten(1), "(n m) d -> n (m d)", m=self.pack))
 
     def forward(self, x):
-        return self.net(x.flatten(1)).flatten()
+        f = self.features(x)
+        return self.net[-1](f if self.minibatch is None else self.minibatch(f)).flatten()
 
 
-def d_loss(real_logits, fake_logits):
-    """-log D(x) - log(1 - D(G(z))), from logits, in float32."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+def d_loss(real_logits, fake_logits, real_target: float = 1.0):
+    """-t log D(x) - (1 - t) log(1 - D(x)) - log(1 - D(G(z))), from logits, in float32. The paper's t is 1;
+    one-sided label smoothing (Salimans et al. sec. 3.4) lowers it for real samples only."""
+    real_logits = real_logits.float()
+    real = real_target * F.softplus(-real_logits) + (1 - real_target) * F.softplus(real_logits)
+    return real.mean() + F.softplus(fake_logits.float()).mean()
 
 
 def g_loss(fake_logits, loss: str):
@@ -107,21 +158,77 @@ def g_loss(fake_logits, loss: str):
     return -F.softplus(fake_logits).mean() if loss == "minimax" else F.softplus(-fake_logits).mean()
 
 
-def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype):
-    """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step."""
-    device = data.device
+def feature_matching_loss(real_features, fake_features):
+    """||E_x f(x) - E_z f(G(z))||^2 over D's last hidden layer f (Salimans et al. sec. 3.1), in float32."""
+    return (real_features.float().mean(0) - fake_features.float().mean(0)).pow(2).sum()
+
+
+def historical_penalty(params, averages):
+    """||theta - (1/t) sum_i theta[i]||^2 over one player's parameters (Salimans et al. sec. 3.3)."""
+    return sum((p.float() - a.float()).pow(2).sum() for p, a in zip(params, averages))
+
+
+@torch.no_grad()
+def update_historical_average(averages, models, t: int):
+    """After step t the averages hold the mean of theta[0..t]: the new theta weighs 1 / (t + 1)."""
+    for average, model in zip(averages, models):
+        torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 / (t + 1))
+
+
+def unrolled_d_params(D, opt_d, real, fake, k: int, real_target: float = 1.0) -> dict:
+    """theta_D^K: k Adam steps on D's loss from a copy of D's parameters and Adam moments, differentiable in `fake`
+    so that G's gradient flows through them (Metz et al. eq. 7-10; the authors' code unrolls Adam too)."""
+    (beta1, beta2), lr, eps = opt_d.param_groups[0]["betas"], opt_d.param_groups[0]["lr"], opt_d.param_groups[0]["eps"]
+    names, params = zip(*D.named_parameters())
+    state = [opt_d.state.get(p, {}) for p in params]
+    theta = [p.detach().requires_grad_() for p in params]
+    m = [s.get("exp_avg", torch.zeros_like(p)) for s, p in zip(state, params)]
+    v = [s.get("exp_avg_sq", torch.zeros_like(p)) for s, p in zip(state, params)]
+    t = float(state[0].get("step", 0))
+    for _ in range(k):
+        weights = dict(zip(names, theta))
+        loss = d_loss(functional_call(D, weights, (real,)), functional_call(D, weights, (fake,)), real_target)
+        grads = torch.autograd.grad(loss, theta, create_graph=True)
+        t += 1
+        m = [beta1 * m_ + (1 - beta1) * g for m_, g in zip(m, grads)]
+        # v held fixed: its gradient is of second order, and 0 * inf where a maxout piece never wins (v = 0)
+        v = [beta2 * v_ + (1 - beta2) * g.detach() ** 2 for v_, g in zip(v, grads)]
+        theta = [p - lr * (m_ / (1 - beta1 ** t)) / ((v_ / (1 - beta2 ** t)).sqrt() + eps) for p, m_, v_ in zip(theta, m, v)]
+    return dict(zip(names, theta))
+
+
+def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
+    """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step. The remedies' flags change
+    the losses; `history` holds the running means of G's and D's parameters for historical averaging."""
+    device, n = data.device, args.batch_size * args.pack  # PacGAN: m samples per D input
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    real_target = 1 - args.label_smoothing
     for _ in range(args.d_steps):
-        real, _ = data.batch(args.batch_size)
-        z = torch.randn(args.batch_size, args.z_dim, device=device)
+        real, _ = data.batch(n)
+        z = torch.randn(n, args.z_dim, device=device)
         with autocast:
-            loss_d = d_loss(D(real), D(G(z).detach()))
+            loss_d = d_loss(D(real), D(G(z).detach()), real_target)
+            if history is not None:
+                loss_d = loss_d + args.historical_averaging * historical_penalty(D.parameters(), history[1].parameters())
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
         scaler.update()  # a GradScaler allows one step per optimizer between updates
     with autocast:
-        loss_g = g_loss(D(G(torch.randn(args.batch_size, args.z_dim, device=device))), args.loss)
+        fake = G(torch.randn(n, args.z_dim, device=device))
+        if args.feature_matching:
+            with torch.no_grad():
+                real_features = D.features(data.batch(n)[0])
+            with frozen(D):
+                loss_g = feature_matching_loss(real_features, D.features(fake))
+        elif args.unroll:
+            theta_k = unrolled_d_params(D, opt_d, data.batch(n)[0], fake, args.unroll, real_target)
+            loss_g = g_loss(functional_call(D, theta_k, (fake,)), args.loss)
+        else:
+            with frozen(D):  # gradients through D for G, none for D's own weights
+                loss_g = g_loss(D(fake), args.loss)
+        if history is not None:
+            loss_g = loss_g + args.historical_averaging * historical_penalty(G.parameters(), history[0].parameters())
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -170,18 +277,30 @@ def main():
     with user_errors():
         if args.d_steps < 1 or args.hidden < 1 or args.layers < 1 or args.maxout < 1:
             raise UserError("--d-steps, --hidden, --layers and --maxout must be at least 1")
+        if min(args.pack, args.minibatch_dim) < 1 or min(args.unroll, args.minibatch_disc, args.historical_averaging) < 0:
+            raise UserError("--pack and --minibatch-dim must be at least 1; --unroll, --minibatch-disc and "
+                            "--historical-averaging 0 or more")
+        if not 0 <= args.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+        if args.feature_matching and args.unroll:
+            raise UserError("--feature-matching and --unroll each replace G's loss: choose one")
+        if (args.feature_matching or args.unroll) and (run.compile or run.world > 1):
+            raise UserError("--feature-matching and --unroll call D's layers directly: run them in one process, with --no-compile")
         data = run.load_data(args.image_size, toy=True)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
         args.z_dim = args.z_dim or (2 if data.is_2d else 100)
         G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
-        D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape).to(device)
+        D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape, args.pack,
+                          args.minibatch_disc, args.minibatch_dim).to(device)
+        history = tuple(copy.deepcopy(m).requires_grad_(False) for m in (G, D)) if args.historical_averaging else None
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
         z_fixed = torch.randn(2500 if data.is_2d else 64, args.z_dim, device=device)
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
+        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed,
+                  **({"G_history": history[0], "D_history": history[1]} if history else {}))  # only when on: older checkpoints lack it
         G_sample = ema if ema is not None else G
         sample = lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device))
         if data.is_2d:  # 2-D data: a picture of 2,500 fixed-z samples and the modes, and the mode metrics
@@ -193,7 +312,9 @@ def main():
         G_train, D_train = run.wrap(G), run.wrap(D)
 
         while run.next_step():
-            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype, history)
+            if history is not None:
+                update_historical_average(history, (G, D), run.step + 1)
             if ema is not None:
                 torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
             run.after_step(losses, log_extra=evaluate)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 # Per-GPU batch size at each resolution (appendix A.1: 16 for 4^2-128^2, then 14, 6, 3 for memory).
 BATCH_SIZES = {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3}
@@ -163,6 +163,11 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleList(EqualizedConv2d(c, channels, 1, gain=1.0) for c in ch)
         self.depth, self.fading = 0, False
 
+    def in_use(self):
+        """The layers forward runs in this phase (the later resolutions' wait for theirs)."""
+        old_rgb = [self.to_rgb[self.depth - 1]] if self.fading else []
+        return [self.dense, self.conv4, *self.blocks[:self.depth], self.to_rgb[self.depth], *old_rgb]
+
     def block(self, i, x):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         for conv in self.blocks[i]:
@@ -198,6 +203,11 @@ class Discriminator(nn.Module):
         self.conv4 = EqualizedConv2d(ch[0], ch[0], 4)
         self.linear = EqualizedLinear(ch[0], 1, gain=1.0)
         self.mbstd_group, self.depth, self.fading = mbstd_group, 0, False
+
+    def in_use(self):
+        """The layers forward runs in this phase (the later resolutions' wait for theirs)."""
+        old_rgb = [self.from_rgb[self.depth - 1]] if self.fading else []
+        return [self.from_rgb[self.depth], *old_rgb, *self.blocks[:self.depth], self.conv3, self.conv4, self.linear]
 
     def block(self, i, x):
         for conv in self.blocks[i]:
@@ -265,8 +275,8 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, alpha, args, amp_dtype
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_g = g_loss(D(fake, alpha))  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_g = g_loss(D(fake, alpha))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -286,15 +296,15 @@ def generate(G: nn.Module, z: torch.Tensor, alpha: torch.Tensor, image_size: int
     return F.interpolate(G(z, alpha).float(), size=image_size, mode="nearest")
 
 
-def enter_phase(phase: int, compile: bool, G_ddp, D_ddp, *nets):
+def enter_phase(phase: int, run, G, D, ema):
     """Set every network's depth (resolutions in use) and fade-in flag for `phase`; return G and D to train."""
-    for net in nets:
+    for net in (G, D, ema):
         if net is not None:
             net.depth, net.fading = (phase + 1) // 2, phase % 2 == 1
-    if not compile:
-        return G_ddp, D_ddp
-    torch._dynamo.reset()  # one compile per phase: drop the last phase's graphs and recompile budget
-    return torch.compile(G_ddp, dynamic=False), torch.compile(D_ddp, dynamic=False)
+    if run.compile:
+        torch._dynamo.reset()  # one compile per phase: drop the last phase's graphs and recompile budget
+    # DDP over this phase's layers only: all of them get gradients, so DDP needs no search for unused ones.
+    return run.wrap(G, in_use=G.in_use()), run.wrap(D, in_use=D.in_use())
 
 
 def reset_adam(phase: int, opt_phase, *optimizers):
@@ -332,14 +342,13 @@ def main():
         alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
         sample = lambda z: generate(ema if ema is not None else G, z, alpha, args.image_size)
         run.set_samplers(sample=lambda k: sample(torch.randn(k, args.z_dim, device=device)), grid=lambda: sample(z_fixed))
-        G_ddp, D_ddp = (run.ddp(net, find_unused_parameters=True) for net in (G, D))  # later phases' layers sit unused
-        G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
+        G_train, D_train = enter_phase(phase, run, G, D, ema)
 
         while run.next_step():
             new_phase, resolution, alpha_value = schedule(int(images), args.image_size, phase_images)
             if new_phase != phase:
                 phase = new_phase
-                G_train, D_train = enter_phase(phase, run.compile, G_ddp, D_ddp, G, D, ema)
+                G_train, D_train = enter_phase(phase, run, G, D, ema)
             reset_adam(new_phase, opt_phase, opt_g, opt_d)
             alpha.fill_(alpha_value)  # on-device fill: no host-to-device copy
             batch = batch_at(resolution, args.batch_size)

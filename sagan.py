@@ -39,7 +39,7 @@ from einops import rearrange
 from torch.nn.utils.parametrizations import spectral_norm
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 
 @dataclasses.dataclass
@@ -164,8 +164,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_g = g_loss(D(fake))  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_g = g_loss(D(fake))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -177,7 +177,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # BatchNorm statistics, power-iteration vectors
+    # Power-iteration vectors and BatchNorm statistics copied; the run (own_bn) recomputes the latter to sample.
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -211,10 +212,10 @@ def main():
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
-                         grid=lambda: generate(G_sample, z_fixed))
+                         grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
         # Under DDP: per-GPU BatchNorm statistics in G; the power-iteration vectors follow identical weights on every rank.
-        G_train = run.wrap(G, broadcast_buffers=False)
-        D_train = run.wrap(D, broadcast_buffers=False)
+        G_train = run.wrap(G, forward_sync_buffers=False)
+        D_train = run.wrap(D, forward_sync_buffers=False)
 
         while run.next_step():
             real, _ = data.batch(args.batch_size)

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run, export_images
+from common.run import Run, export_images, frozen
 
 
 @dataclasses.dataclass
@@ -281,8 +281,8 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, args, r1_gamma, do_r1,
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_d)
-    with autocast:
-        loss_g = g_loss(D(fake))  # D's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through D for G, none for D's own weights
+        loss_g = g_loss(D(fake))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -339,7 +339,7 @@ def main():
         sample = lambda k, psi=1.0: generate(G_sample, torch.randn(k, args.z_dim, device=device), psi)  # FID: psi 1
         run.set_samplers(sample=sample, grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
         # Under DDP each rank tracks its own w_avg (rank 0's is saved); this also avoids PyTorch #175024.
-        G_train, D_train = run.wrap(G, broadcast_buffers=False), run.wrap(D, broadcast_buffers=False)
+        G_train, D_train = run.wrap(G, forward_sync_buffers=False), run.wrap(D, forward_sync_buffers=False)
 
         while run.next_step():
             real, _ = data.batch(args.batch_size)

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run
+from common.run import Run, frozen
 
 
 @dataclasses.dataclass
@@ -124,42 +124,50 @@ def gradient_penalty(critic, real, fake, gp_lambda, autocast=contextlib.nullcont
     return gp_lambda * ((norm - 1) ** 2).mean()
 
 
+def critic_step(G, D, D_plain, opt_d, scaler, data, batch_size, z_dim, autocast, gp_lambda):
+    """One critic update on its own real batch, z and alpha (Algorithm 1, lines 3-9). Returns detached tensors:
+    d_loss, gp, mean critic(real), mean critic(fake). Without a GradScaler (float32, bf16) it never waits for the
+    GPU, so it can be captured whole in a CUDA graph (benchmarks/cuda_graphs.md)."""
+    real, _ = data.batch(batch_size)
+    z = torch.randn(batch_size, z_dim, device=real.device)
+    with autocast:
+        with torch.no_grad():
+            fake = G(z)
+        scores = D(torch.cat([real, fake.to(real.dtype)]))  # one forward: the critic has no batch coupling
+        critic_real, critic_fake = scores[:batch_size], scores[batch_size:]
+        loss_w = d_loss(critic_real, critic_fake)
+    # The plain critic, outside DDP: its reducer never sees the penalty's inner autograd.grad.
+    gp = gradient_penalty(D_plain, real, fake, gp_lambda, autocast, scaler)
+    loss_d = loss_w + gp
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()  # one backward of both parts: DDP averages the sum
+    scaler.step(opt_d)
+    scaler.update()  # a GradScaler allows one step per optimizer between updates
+    return loss_d.detach(), gp.detach(), critic_real.detach().float().mean(), critic_fake.detach().float().mean()
+
+
 def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n_critic, gp_lambda):
-    """n_critic critic updates, each on its own real batch, z and alpha, then one G update. Returns detached losses."""
+    """n_critic critic updates, then one G update. Returns detached losses."""
     device = data.device
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     for _ in range(n_critic):
-        real, _ = data.batch(batch_size)
-        z = torch.randn(batch_size, z_dim, device=device)
-        with autocast:
-            with torch.no_grad():
-                fake = G(z)
-            scores = D(torch.cat([real, fake.to(real.dtype)]))  # one forward: the critic has no batch coupling
-            critic_real, critic_fake = scores[:batch_size], scores[batch_size:]
-            loss_w = d_loss(critic_real, critic_fake)
-        # The plain critic, outside DDP: its reducer never sees the penalty's inner autograd.grad.
-        gp = gradient_penalty(D_plain, real, fake, gp_lambda, autocast, scaler)
-        loss_d = loss_w + gp
-        opt_d.zero_grad(set_to_none=True)
-        scaler.scale(loss_d).backward()  # one backward of both parts: DDP averages the sum
-        scaler.step(opt_d)
-        scaler.update()  # a GradScaler allows one step per optimizer between updates
+        loss_d, gp, d_real, d_fake = critic_step(G, D, D_plain, opt_d, scaler, data, batch_size, z_dim, autocast, gp_lambda)
     z = torch.randn(batch_size, z_dim, device=device)
-    with autocast:
-        loss_g = g_loss(D(G(z)))  # the critic's gradients from this pass are discarded by the next zero_grad
+    with autocast, frozen(D):  # gradients through the critic for G, none for its own weights
+        loss_g = g_loss(D(G(z)))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
     scaler.update()
-    d_real, d_fake = critic_real.detach().float().mean(), critic_fake.detach().float().mean()
-    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "gp": gp.detach(), "wasserstein": d_real - d_fake,
+    return {"d_loss": loss_d, "g_loss": loss_g.detach(), "gp": gp, "wasserstein": d_real - d_fake,
             "d_real": d_real, "d_fake": d_fake}
 
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))  # BatchNorm statistics: copied, not averaged
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -191,10 +199,10 @@ def main():
         run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
-                         grid=lambda: generate(G_sample, z_fixed))
+                         grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
         # DDP: G keeps per-GPU BatchNorm statistics (also avoids PyTorch #175024).
-        G_train = run.wrap(G, broadcast_buffers=False)
-        D_train = run.wrap(D, broadcast_buffers=False)
+        G_train = run.wrap(G, forward_sync_buffers=False)
+        D_train = run.wrap(D, forward_sync_buffers=False)
 
         while run.next_step():
             losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, data, args.batch_size, args.z_dim,

@@ -6,7 +6,9 @@ time, and the share of step time spent outside the models. Writes a Markdown tab
 Each (script, mode) runs in a fresh process, in-process there (the script's own main()), for
 --warmup steps then --steps timed steps, with sample grids, checkpoints and FID only at the end
 (after the last timed step) or off. img/s is the script's own img_per_s from metrics.jsonl, combined
-over the timed log intervals; warm-up (and so torch.compile) falls before the first log.
+over the timed log intervals; warm-up (and so torch.compile) falls before the first log, and peak
+memory is reset there. The plain loop runs twice: as the tutorial wrote it (a DataLoader decoding
+JPEGs) and over decoded tensors (--decoded), the fair peer of the compiled + bf16 scripts.
 Data: by default small synthetic sets written in the real on-disk layouts (CelebA JPEGs, MNIST idx
 files) to a temporary folder; with --data-dir, the real datasets there. Either way each script's
 decoded cache is built before any timing. A script entry may name its own modes: dcgan:eager+amp.
@@ -32,14 +34,16 @@ BASELINE = "plain_dcgan"  # benchmarks/plain_dcgan.py: the tutorial loop, eager 
 MODES = {"eager": ["--no-compile", "--amp", "off"],
          "compiled": ["--compile", "--amp", "off"],
          "amp": ["--compile", "--amp", "bf16"]}
-MODE_NAMES = {"eager": "eager fp32", "compiled": "compiled fp32", "amp": "compiled + bf16"}
-GPU_SPEEDUP = 3.0  # required on a GPU: compiled + bf16 dcgan.py vs the plain loop
+BASELINE_MODES = {"eager": [], "decoded": ["--decoded"]}  # its DataLoader over JPEGs, or the decoded tensor on the device
+MODE_NAMES = {"eager": "eager fp32", "compiled": "compiled fp32", "amp": "compiled + bf16", "decoded": "eager fp32"}
+GPU_SPEEDUP = 3.0  # required on a GPU: compiled + bf16 dcgan.py vs the plain loop over decoded tensors
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--scripts", default=",".join(SCRIPTS + (BASELINE,)),
-                   help=f"comma-separated scripts ({', '.join(SCRIPTS)}, {BASELINE}); 'name:eager+amp' picks modes for one")
+                   help=f"comma-separated scripts ({', '.join(SCRIPTS)}, {BASELINE}); 'name:eager+amp' picks modes for one "
+                        f"({BASELINE}: eager, its DataLoader, and decoded, over decoded tensors; both by default)")
     p.add_argument("--modes", default="eager,compiled,amp", help="modes for scripts that name none: eager, compiled, amp")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--steps", type=int, default=50, help="timed steps per run (rounded up to whole --warmup intervals)")
@@ -67,6 +71,15 @@ def worker(spec: dict):
     cuda = spec["device"] == "cuda"
     calls = {"data": [], "log": []}  # (start, host seconds, (start_event, end_event) or None)
     cpu_at_log = []  # process CPU seconds at each log call: a throughput that contention disturbs less
+    clear_refs = Path("/proc/self/clear_refs")
+
+    def reset_peak_memory():
+        """At the first timed log: the peaks then cover the timed steps, not compilation and warm-up."""
+        if cuda:
+            torch.cuda.synchronize()  # the warm-up's queued kernels allocate before the reset, not after
+            torch.cuda.reset_peak_memory_stats()
+        elif clear_refs.exists():
+            clear_refs.write_text("5")  # Linux: the peak RSS (VmHWM) starts again from the current RSS
 
     def timed(fn, kind):
         def wrapper(*a, **kw):
@@ -80,6 +93,8 @@ def worker(spec: dict):
             if events:
                 events[1].record()
             calls[kind].append((start, time.perf_counter() - start, events))
+            if kind == "log" and len(calls["log"]) == spec["skip_logs"] + 1:
+                reset_peak_memory()
             return out
         return wrapper
 
@@ -101,9 +116,14 @@ def worker(spec: dict):
     first, last = logs[spec["skip_logs"]][0], logs[-1][0]  # the timed window: the log at the end of warm-up to the last
     def seconds(kind):  # on CUDA a call costs its GPU time or its host time, whichever is longer
         return sum(max(h, e[0].elapsed_time(e[1]) / 1000 if e else 0.0) for s, h, e in calls[kind] if first <= s < last)
+    if cuda:
+        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    else:  # VmHWM, reset at the first timed log (None without /proc: the parent falls back to the whole run's)
+        status = Path("/proc/self/status")
+        hwm = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.exists() else []
+        peak, reserved = (int(hwm[0]) * 1024 if hwm and clear_refs.exists() else None), None
     report = {"window_s": last - first, "data_s": seconds("data"), "log_s": seconds("log"), "cpu_window_s": cpu_at_log[-1] - cpu_at_log[spec["skip_logs"]],
-              "peak_cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-              "threads": torch.get_num_threads()}
+              "peak_bytes": peak, "reserved_bytes": reserved, "threads": torch.get_num_threads()}
     Path(spec["report"]).write_text(json.dumps(report))
 
 
@@ -153,6 +173,8 @@ def run_one(index, script, mode, plan, opts, data_dir, work):
             "--run-dir", str(run_dir), "--data-dir", str(data_dir)]
     if script != BASELINE:
         argv += [*MODES[mode], "--sample-every", "0", "--ckpt-every", "0", "--fid", "off", *plan["own"]]
+    else:
+        argv += BASELINE_MODES[mode]
     argv += plan["extra"]
     spec = {"script": script, "argv": argv, "device": opts.device, "report": str(report),
             "skip_logs": plan["warmup"] // plan["log_every"] - 1}
@@ -186,7 +208,8 @@ def run_one(index, script, mode, plan, opts, data_dir, work):
     first_log = next(r["elapsed_s"] for r in rows if r["step"] == plan["warmup"])
     result.update(ok=True, img_per_s=rate, first_log_s=first_log, img_per_cpu_s=sum(images) / w["cpu_window_s"],
                   beyond_steady_s=first_log - plan["warmup"] * plan["per_step"] / rate,
-                  peak_mib=(w["peak_cuda_bytes"] / 2**20 if w["peak_cuda_bytes"] is not None else usage.ru_maxrss / 1024),
+                  peak_mib=(w["peak_bytes"] if w["peak_bytes"] is not None else usage.ru_maxrss * 1024) / 2**20,
+                  reserved_mib=w["reserved_bytes"] / 2**20 if w["reserved_bytes"] is not None else None,
                   data_share=w["data_s"] / w["window_s"], log_share=w["log_s"] / w["window_s"], threads=w["threads"],
                   final_res=timed[-1].get("res"))
     print(f"  {script} {mode}: {rate:.1f} img/s ({result['img_per_cpu_s']:.1f} per CPU-s), first log {first_log:.1f} s, peak {result['peak_mib']:.0f} MiB, "
@@ -210,13 +233,14 @@ def plan_for(script, opts, extra):
             "extra": extra, "per_step": per_step, "args": a}
 
 
-def setting(script, a):
+def setting(script, mode, a):
     if script == "minimal_gan":
         return f"{a.dataset}, batch {a.batch_size}"
-    text = f"{getattr(a, 'dataset', 'celeba ImageFolder')} {a.image_size}x{a.image_size}, batch {a.batch_size}"
+    source = "celeba decoded tensor" if mode == "decoded" else "celeba ImageFolder"
+    text = f"{getattr(a, 'dataset', source)} {a.image_size}x{a.image_size}, batch {a.batch_size}"
     text += f", width {a.width}" if hasattr(a, "width") else ""
     text += f", n_critic {a.n_critic}" if hasattr(a, "n_critic") else ""
-    text += f", {a.workers} loader workers" if hasattr(a, "workers") else ""
+    text += f", {a.workers} loader workers" if hasattr(a, "workers") and mode != "decoded" else ""
     return text
 
 
@@ -232,7 +256,8 @@ def device_name(device):
 def table(results, plans, opts, command, started, loads, data_note):
     import torch
     import torchvision
-    mem = "peak GPU memory (max_memory_allocated)" if opts.device == "cuda" else "peak RSS of the process"
+    mem = ("peak GPU memory over the timed steps, max_memory_allocated / max_memory_reserved" if opts.device == "cuda"
+           else "peak RSS of the process over the timed steps")
     scripts_by_threads = {}  # minimal_gan sets one thread itself for 2-D data, so counts can differ per run
     for r in results:
         if r["ok"]:
@@ -257,13 +282,17 @@ def table(results, plans, opts, command, started, loads, data_note):
              "Outside models (data + log) | Load |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        name = "plain loop (benchmarks/plain_dcgan.py)" if r["script"] == BASELINE else f"{r['script']}.py"
-        cfg = setting(r["script"], plans[r["script"]]["args"])
+        name = f"{r['script']}.py"
+        if r["script"] == BASELINE:
+            name = "plain loop over decoded tensors (benchmarks/plain_dcgan.py --decoded)" if r["mode"] == "decoded" \
+                else "plain loop (benchmarks/plain_dcgan.py)"
+        cfg = setting(r["script"], r["mode"], plans[r["script"]]["args"])
         if not r["ok"]:
             lines.append(f"| {name} | {cfg} | {MODE_NAMES[r['mode']]} | failed: {r['error']} | | | | | | {r['load']:.2f} |")
             continue
+        peak = f"{r['peak_mib']:.0f}" + (f" / {r['reserved_mib']:.0f}" if r["reserved_mib"] is not None else "")
         lines.append(f"| {name} | {cfg} | {MODE_NAMES[r['mode']]} | {r['img_per_s']:.1f} | {r['img_per_cpu_s']:.1f} | "
-                     f"{r['peak_mib']:.0f} | "
+                     f"{peak} | "
                      f"{r['first_log_s']:.1f} | {r['beyond_steady_s']:.1f} | "
                      f"{100 * (r['data_share'] + r['log_share']):.1f}% ({100 * r['data_share']:.1f} + "
                      f"{100 * r['log_share']:.1f}) | {r['load']:.2f} |")
@@ -273,6 +302,8 @@ def table(results, plans, opts, command, started, loads, data_note):
               "img per CPU-s: the same images over the main process's CPU time in the window, steadier than img/s "
               "on a shared machine (DataLoader worker processes not included). "
               "Beyond steady: time to the first log minus the warm-up steps at the timed rate (mostly torch.compile). "
+              "Peak memory: reset at the first timed log, so compilation and warm-up are not in it (on the CPU, where "
+              "Linux's /proc is missing, the whole run's). "
               "Outside models: time in data.batch() (the plain loop: waiting on the DataLoader) and in Logger.log, over "
               "the timed window; on CUDA the longer of host and GPU time per call. "
               "stylegan_lite applies lazy R1 every 16 steps, so a window shorter than 16 steps over- or under-counts it.", ""]
@@ -289,7 +320,7 @@ def comparison(results, opts):
             cpu.setdefault((r["script"], r["mode"]), []).append(r["img_per_cpu_s"])
     rate = {key: sum(v) / len(v) for key, v in runs.items()}
     per_cpu = {key: sum(v) / len(v) for key, v in cpu.items()}
-    plain = rate.get((BASELINE, "eager"))
+    plain, peer = rate.get((BASELINE, "eager")), rate.get((BASELINE, "decoded"))
     out = ["Requirements:", ""]
     if opts.device == "cpu":
         if plain and ("dcgan", "eager") in rate:
@@ -300,16 +331,22 @@ def comparison(results, opts):
                        f"({per_cpu[('dcgan', 'eager')] / per_cpu[(BASELINE, 'eager')]:.2f}x).")
         else:
             out.append("- CPU: dcgan.py eager vs the plain loop: not measured in this run.")
-        out.append(f"- GPU: compiled + bf16 dcgan.py >= {GPU_SPEEDUP:.0f}x the plain loop at 64x64 batch 128: "
-                   "not measured (this table is CPU only). Every CUDA figure (img/s, peak GPU memory, compile time, "
-                   "outside-model share) for all scripts is still unmeasured.")
+        if peer and ("dcgan", "eager") in rate:
+            out.append(f"- CPU, for reference: dcgan.py eager fp32 vs the plain loop over decoded tensors {peer:.1f} img/s "
+                       f"(the same data path, so the loops alone): {rate[('dcgan', 'eager')] / peer:.2f}x.")
+        out.append(f"- GPU: compiled + bf16 dcgan.py >= {GPU_SPEEDUP:.0f}x the plain loop over decoded tensors at 64x64 "
+                   "batch 128: not measured (this table is CPU only). Every CUDA figure (img/s, peak GPU memory, compile "
+                   "time, outside-model share) for all scripts is still unmeasured.")
     else:
-        if plain and ("dcgan", "amp") in rate:
-            ratio = rate[("dcgan", "amp")] / plain
-            out.append(f"- GPU: compiled + bf16 dcgan.py {rate[('dcgan', 'amp')]:.1f} img/s vs the plain loop {plain:.1f} "
-                       f"img/s: {ratio:.2f}x, requirement (>= {GPU_SPEEDUP:.0f}x) {'met' if ratio >= GPU_SPEEDUP else 'NOT met'}.")
+        # The peer draws decoded batches on the GPU as the scripts do: the tutorial's DataLoader would time JPEG decoding.
+        if peer and ("dcgan", "amp") in rate:
+            ratio = rate[("dcgan", "amp")] / peer
+            out.append(f"- GPU: compiled + bf16 dcgan.py {rate[('dcgan', 'amp')]:.1f} img/s vs the plain loop over decoded "
+                       f"tensors {peer:.1f} img/s: {ratio:.2f}x, requirement (>= {GPU_SPEEDUP:.0f}x) "
+                       f"{'met' if ratio >= GPU_SPEEDUP else 'NOT met'}"
+                       + (f"; vs the tutorial's DataLoader loop {plain:.1f} img/s: {rate[('dcgan', 'amp')] / plain:.2f}x." if plain else "."))
         else:
-            out.append("- GPU: compiled + bf16 dcgan.py vs the plain loop: not measured in this run.")
+            out.append("- GPU: compiled + bf16 dcgan.py vs the plain loop over decoded tensors: not measured in this run.")
     missing = [f"{s} {m}" for s in SCRIPTS for m in MODES if (s, m) not in rate]
     if missing:
         out.append(f"- Not measured on this device in this run: {', '.join(missing)}.")
@@ -330,11 +367,12 @@ def main():
         modes = (modes.replace("+", ",") or opts.modes).split(",")
         if name not in SCRIPTS + (BASELINE,):
             sys.exit(f"error: unknown script {name!r}; choose from {', '.join(SCRIPTS + (BASELINE,))}")
-        if name == BASELINE:
-            modes = ["eager"]  # the tutorial loop is eager float32 by definition
+        known = BASELINE_MODES if name == BASELINE else MODES  # the tutorial loop is eager float32 by definition
+        if name == BASELINE and not entry.partition(":")[2]:
+            modes = list(BASELINE_MODES)
         for m in modes:
-            if m not in MODES:
-                sys.exit(f"error: unknown mode {m!r}; choose from {', '.join(MODES)}")
+            if m not in known:
+                sys.exit(f"error: unknown mode {m!r} for {name}; choose from {', '.join(known)}")
         wanted.append((name, modes))
     if opts.device == "cuda":
         import torch
@@ -361,6 +399,8 @@ def main():
             a = plan["args"]
             if name != BASELINE:
                 data.load(a.dataset, str(data_dir), a.image_size, torch.device("cpu"))
+            elif any("decoded" in modes for n, modes in wanted if n == BASELINE):
+                data.load("celeba", str(data_dir), a.image_size, torch.device("cpu"))
         work = tmp / "runs"
         work.mkdir()
         results = []

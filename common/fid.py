@@ -14,9 +14,11 @@ Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--ba
 [--device D], where A and B are image folders, .npz statistics (mu, sigma) or dataset names.
 For folders and dataset names it also prints KID, precision, recall, density and coverage from
 the same features; the FID line comes last, so scripts that parse pytorch-fid's output still work.
+`FID.score`, which training runs call, returns all six against cached reference features.
 """
 import argparse
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,64 +151,66 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-def _distances(a: np.ndarray, b: np.ndarray, rows: int):
-    """Yield (start, Euclidean distances of a[start:start+rows] to all of b) in float64."""
-    tb = torch.from_numpy(np.asarray(b, np.float64))
+def _distances(a: np.ndarray, b: np.ndarray, rows: int, device="cpu"):
+    """Yield (start, Euclidean distances of a[start:start+rows] to all of b) in float64, on `device`."""
+    tb = torch.as_tensor(np.asarray(b, np.float64), device=device)
     for i in range(0, len(a), rows):
-        yield i, torch.cdist(torch.from_numpy(np.asarray(a[i:i + rows], np.float64)), tb)
+        yield i, torch.cdist(torch.as_tensor(np.asarray(a[i:i + rows], np.float64), device=device), tb)
 
 
 def _rows(n: int) -> int:
     return max(1, 2 ** 24 // max(n, 1))  # chunks of ~128 MB of float64 distances, whatever the set size
 
 
-def knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+def knn_radii(x: np.ndarray, k: int, device="cpu") -> np.ndarray:
     """Distance of each sample to its k-th nearest neighbour in x, itself excluded."""
     if len(x) <= k:
         raise ValueError(f"k-NN radii with k={k} need more than {k} samples, got {len(x)}")
     radii = np.empty(len(x))
-    for i, d in _distances(x, x, _rows(len(x))):
-        radii[i:i + len(d)] = d.kthvalue(k + 1, dim=1).values.numpy()  # the 1st smallest is the sample itself
+    for i, d in _distances(x, x, _rows(len(x)), device):
+        radii[i:i + len(d)] = d.kthvalue(k + 1, dim=1).values.cpu().numpy()  # the 1st smallest is the sample itself
     return radii
 
 
-def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, device="cpu") -> np.ndarray:
     """For each point, how many of the balls (centres, radii) contain it (closed balls)."""
-    counts, r = np.empty(len(points), np.int64), torch.from_numpy(radii)
-    for i, d in _distances(points, centres, _rows(len(centres))):
-        counts[i:i + len(d)] = (d <= r).sum(1).numpy()
+    counts, r = np.empty(len(points), np.int64), torch.as_tensor(radii, device=device)
+    for i, d in _distances(points, centres, _rows(len(centres)), device):
+        counts[i:i + len(d)] = (d <= r).sum(1).cpu().numpy()
     return counts
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3):
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, device="cpu"):
     """Improved precision and recall (Kynkaanniemi et al. 2019, arXiv:1904.06991)."""
-    precision = float((_ball_counts(fake, real, knn_radii(real, k)) > 0).mean())
-    recall = float((_ball_counts(real, fake, knn_radii(fake, k)) > 0).mean())
+    precision = float((_ball_counts(fake, real, knn_radii(real, k, device), device) > 0).mean())
+    recall = float((_ball_counts(real, fake, knn_radii(fake, k, device), device) > 0).mean())
     return precision, recall
 
 
-def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5):
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, device="cpu"):
     """Density and coverage (Naeem et al. 2020, arXiv:2002.09797)."""
-    radii = knn_radii(real, k)
-    density = float(_ball_counts(fake, real, radii).sum() / (k * len(fake)))
+    radii = knn_radii(real, k, device)
+    density = float(_ball_counts(fake, real, radii, device).sum() / (k * len(fake)))
     # a real ball holds a fake sample iff its nearest fake sample lies within its radius
-    nearest = np.concatenate([d.min(1).values.numpy() for _, d in _distances(real, fake, _rows(len(fake)))])
+    nearest = np.concatenate([d.min(1).values.cpu().numpy() for _, d in _distances(real, fake, _rows(len(fake)), device)])
     return density, float((nearest <= radii).mean())
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0):
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0, device="cpu"):
     """Kernel Inception Distance, mean and std over subsets (Binkowski et al. 2018, arXiv:1801.01401)."""
-    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    real = torch.as_tensor(np.asarray(real, np.float64), device=device)
+    fake = torch.as_tensor(np.asarray(fake, np.float64), device=device)
     m, d = min(subset_size, len(real), len(fake)), real.shape[1]
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
     rng, scores = np.random.default_rng(seed), []
     for _ in range(subsets):
-        x, y = real[rng.choice(len(real), m, replace=False)], fake[rng.choice(len(fake), m, replace=False)]
+        x = real[torch.from_numpy(rng.choice(len(real), m, replace=False)).to(device)]
+        y = fake[torch.from_numpy(rng.choice(len(fake), m, replace=False)).to(device)]
         kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
         # unbiased MMD^2: the diagonals k(x_i, x_i) are left out of the within-set means
-        scores.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                      - 2 * kxy.sum() / m ** 2)
+        scores.append(((kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1))
+                       - 2 * kxy.sum() / m ** 2).item())
     return float(np.mean(scores)), float(np.std(scores))
 
 
@@ -216,8 +220,11 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
+REFERENCE_FEATURES = 10000  # real images kept for KID, precision/recall, density/coverage (the default --fid-samples)
+
+
 class FID:
-    """FID of a generator against a dataset's cached reference statistics."""
+    """FID, KID, precision, recall, density and coverage of a generator against a dataset's cached reference."""
 
     def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50, net=None):
         """`data` must hold the whole dataset (under DDP each rank holds a share: load it again)."""
@@ -225,20 +232,35 @@ class FID:
         # The statistics depend on the weights, the dataset, its size and its images: all in the name.
         digest = hashlib.sha256(weights_path(weights).read_bytes()).hexdigest()[:8]
         path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}_n{len(data)}_w{digest}.npz"
-        if path.exists():
-            d = np.load(path)
-            self.mu, self.sigma = d["mu"], d["sigma"]
+        cached = dict(np.load(path)) if path.exists() else {}
+        if "features" in cached:  # a cache written before the features were kept is made again
+            self.mu, self.sigma, self.real = cached["mu"], cached["sigma"], cached["features"]
         else:
             print(f"computing FID reference statistics of {len(data)} images (cached in {path})", flush=True)
-            self.mu, self.sigma = statistics(features(self.net, data.images, batch_size))
+            feats = features(self.net, data.images, batch_size)
+            self.mu, self.sigma = statistics(feats)
+            # a fixed random subset in random order, so that its first n match n generated images in number
+            keep = np.random.default_rng(0).permutation(len(feats))[:REFERENCE_FEATURES]
+            self.real = feats[keep].astype(np.float32)  # the network's features are float32: nothing is lost
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, mu=self.mu, sigma=self.sigma)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=self.mu, sigma=self.sigma, features=self.real)
+            os.replace(tmp, path)
 
-    def score(self, generate, n: int) -> float:
-        """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG."""
+    def score(self, generate, n: int) -> dict:
+        """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG. Returns fid and,
+        with more than 5 images on each side, kid, kid_std, precision, recall, density and coverage."""
         batches = (quantize(generate(min(self.batch_size, n - i))) for i in range(0, n, self.batch_size))
-        mu, sigma = statistics(features(self.net, batches, self.batch_size))
-        return frechet_distance(mu, sigma, self.mu, self.sigma)
+        fake = features(self.net, batches, self.batch_size)
+        mu, sigma = statistics(fake)
+        scores = {"fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        real, device = self.real[:len(fake)], next(self.net.parameters()).device  # k-NN radii depend on set sizes
+        if min(len(real), len(fake)) > 5:  # density and coverage use each sample's 5th nearest neighbour
+            scores["kid"], scores["kid_std"] = kid(self.real, fake, device=device)
+            scores["precision"], scores["recall"] = precision_recall(real, fake, device=device)
+            scores["density"], scores["coverage"] = density_coverage(real, fake, device=device)
+        return scores
 
 
 def _folder_images(folder: Path):

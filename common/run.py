@@ -13,15 +13,19 @@ A script hands its state to a `Run` and keeps the loop:
         run.after_step(losses)                               # logs, grids, FID, checkpoints, stop signals
     run.finish()                                             # --export
 
+In G's step, `with frozen(D_train):` runs D for G's loss without computing (or all-reducing) D's weight gradients.
+
 A run directory holds config.json (all arguments), metrics.jsonl (one object per log step),
 samples/step_XXXXXXX.png and checkpoint.pt. Checkpoints are written to a temporary file and
 renamed, so a run killed while writing keeps its previous checkpoint. A resumed run restores
 every tracked object, the step and each rank's RNG state, and continues bit for bit.
 """
 import atexit
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -37,6 +41,9 @@ import torch.nn as nn
 from . import data as datasets
 from .cli import UserError, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
 from .fid import FID, load_network, quantize
+
+DDP = nn.parallel.DistributedDataParallel
+DDP_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DDP).parameters  # torch >= 2.13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +221,27 @@ def stop_requested(stop: StopSignal, world: int, device, every: int = 10) -> boo
 
 
 # ---------------------------------------------------------------------------------------------
+# A network used without training it (D in G's step)
+
+@contextlib.contextmanager
+def frozen(net: nn.Module):
+    """Inside, forwards of `net` (plain, DDP or compiled) record no gradient for its weights, only through it. For
+    D in G's step: G needs the gradient through D, while D's weight gradients would be computed, all-reduced under
+    DDP and thrown away. The backward may run after the block. Under DDP the block is also no_sync(), so the
+    reducer waits for no gradient."""
+    inner = getattr(net, "_orig_mod", net)  # torch.compile's wrapper shares the module it compiles
+    plain = inner.module if isinstance(inner, DDP) else inner
+    flags = [p.requires_grad for p in plain.parameters()]
+    plain.requires_grad_(False)
+    try:
+        with inner.no_sync() if inner is not plain else contextlib.nullcontext():
+            yield
+    finally:
+        for p, flag in zip(plain.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------------------------------------
 # The run directory: config, console and metrics lines, images, wandb
 
 class Logger:
@@ -286,6 +314,40 @@ class Logger:
             self.wandb.finish()
 
 
+STANDING_BATCHES = 16  # as BigGAN; 64 scored the same on our digits, 4 worse (benchmarks/RESULTS.md)
+
+
+@torch.no_grad()
+def standing_statistics(model: nn.Module, sample, batches: int, batch_size: int):
+    """Set model's BatchNorm running statistics to the average of its own batch statistics over `batches` calls of
+    sample(batch_size), which runs it in eval mode: each BatchNorm normalises with its input batch's mean and
+    variance, as in training, and keeps their mean (BigGAN's "standing statistics", Brock et al. 2019,
+    arXiv:1809.11096). For an EMA of G, whose copied running statistics belong to G's weights, not its own."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    sums = {m: [0.0, 0.0] for m in norms}
+
+    def use_batch_statistics(norm, inputs):  # eval mode normalises with the running buffers: make them the batch's
+        x = inputs[0].float()
+        dims = [d for d in range(x.ndim) if d != 1]
+        mean, var = x.mean(dims), x.var(dims, correction=0)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+        n = x.numel() // x.shape[1]
+        sums[norm][0] += mean
+        sums[norm][1] += var * n / (n - 1)  # running_var holds the unbiased variance, as training keeps it
+
+    hooks = [m.register_forward_pre_hook(use_batch_statistics) for m in norms]
+    try:
+        for _ in range(batches):
+            sample(batch_size)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for m in norms:
+        m.running_mean.copy_(sums[m][0] / batches)
+        m.running_var.copy_(sums[m][1] / batches)
+
+
 def export_images(images_fn, n: int, out_dir: Path, batch_size: int, names=None):
     """Write n generated images as PNG files (uint8, as FID tools read them). images_fn(k) -> (k, C, H, W) in [-1, 1]."""
     from PIL import Image
@@ -342,6 +404,7 @@ class Run:
         self.step, self.total_steps = 0, args.steps
         self.data, self.tracked, self.log = None, {}, None
         self.sample, self.grid, self.grid_rows, self.fid, self.stop = None, None, 8, None, None
+        self.own_bn, self.own_bn_step = None, None
         self.note = ""  # appended to the line that starts training
         self.fid_net, self.fid_off, self.saved_once = None, False, state is not None
         if device.type == "cuda":
@@ -408,20 +471,29 @@ class Run:
             if old.is_file():
                 old.unlink()
 
-    def set_samplers(self, sample, grid, grid_rows: int = 8):
+    def set_samplers(self, sample, grid, grid_rows: int = 8, own_bn=None):
         """sample(k) -> k random images in [-1, 1], for FID and --export; grid() -> the fixed-z images of the
-        sample grids (4-D, shown `grid_rows` per row) or one ready picture (3-D, in [0, 1])."""
-        self.sample, self.grid, self.grid_rows = sample, grid, grid_rows
+        sample grids (4-D, shown `grid_rows` per row) or one ready picture (3-D, in [0, 1]). own_bn: the module
+        they sample with (an EMA of G) when its BatchNorm statistics must be its own: recomputed before each grid,
+        FID and export with standing_statistics."""
+        self.sample, self.grid, self.grid_rows, self.own_bn = sample, grid, grid_rows, own_bn
 
-    def wrap(self, module: nn.Module, **ddp_options) -> nn.Module:
+    def wrap(self, module: nn.Module, in_use=None, **ddp_options) -> nn.Module:
         """The module to train with: DDP under torchrun, then torch.compile when on. Checkpoints and
-        sampling use the plain module, so a checkpoint loads with or without either."""
-        module = self.ddp(module, **ddp_options)
+        sampling use the plain module, so a checkpoint loads with or without either. in_use: the submodules
+        DDP synchronises (default: all), so that layers a phase does not run need no search for unused ones."""
+        module = self.ddp(module, in_use, **ddp_options)
         return torch.compile(module, dynamic=False) if self.compile else module  # fixed shapes: no symbolic batch
 
-    def ddp(self, module: nn.Module, **ddp_options) -> nn.Module:
+    def ddp(self, module: nn.Module, in_use=None, **ddp_options) -> nn.Module:
         """DDP under torchrun (gradients all-reduced in backward), else the module itself."""
-        return nn.parallel.DistributedDataParallel(module, **ddp_options) if self.world > 1 else module
+        if self.world == 1:
+            return module
+        kept = {id(p) for m in (in_use if in_use is not None else [module]) for p in m.parameters()}
+        DDP._set_params_and_buffers_to_ignore_for_model(module, [n for n, p in module.named_parameters() if id(p) not in kept])
+        if "forward_sync_buffers" in ddp_options and not DDP_HAS_FORWARD_SYNC:  # its name before torch 2.13
+            ddp_options["broadcast_buffers"] = ddp_options.pop("forward_sync_buffers")
+        return DDP(module, **ddp_options)
 
     def next_step(self) -> bool:
         """True while there are steps to train; the first call prints what the run will do."""
@@ -458,9 +530,10 @@ class Run:
                 if fid:
                     self._score_fid()
         if stopping:
-            print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
-                  f"continue with --resume {args.run_dir}")
-            sys.exit(0)
+            if self.main:
+                print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
+                      f"continue with --resume {args.run_dir}")
+            sys.exit(0)  # every rank ends with status 0, so torchrun sees a clean exit when the ranks were signalled
 
     def checkpoint(self):
         """Every rank takes part (the RNG states are gathered); rank 0 writes."""
@@ -480,6 +553,7 @@ class Run:
         if given, writes them instead."""
         args = self.args
         if args.export and self.main:
+            self._own_bn_statistics()
             out = Path(args.run_dir) / "export"
             if export is not None:
                 export(args.export, out)
@@ -490,9 +564,20 @@ class Run:
                 export_images(self.sample, args.export, out, args.batch_size)
         self.log.close()
 
+    def _own_bn_statistics(self):
+        """The sampled module's BatchNorm statistics from its own samples, once per step, from a seeded forked RNG:
+        the same weights give the same statistics, and the training stream (and a resume) never sees them."""
+        if self.own_bn is None or self.own_bn_step == self.step:
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.args.seed)
+            standing_statistics(self.own_bn, self.sample, STANDING_BATCHES, self.args.batch_size)
+        self.own_bn_step = self.step
+
     def _save_grid(self):
         if not self.main:
             return
+        self._own_bn_statistics()
         images = self.grid().detach().float().cpu()
         if images.ndim == 4:
             from torchvision.utils import make_grid
@@ -510,10 +595,15 @@ class Run:
                 reference = self.data if self.world == 1 else datasets.load(
                     self.args.dataset, self.args.data_dir, self.data.shape[-1], torch.device("cpu"))
                 self.fid = FID(reference, self.args.data_dir, self.args.fid_weights, self.device, net=self.fid_net)
-            value = self.fid.score(self.sample, self.args.fid_samples)
+            self._own_bn_statistics()
+            scores = self.fid.score(self.sample, self.args.fid_samples)
         except Exception as e:
             print(f"FID is off: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
             self.fid_off = True
             return
-        self.log.write_metrics(self.step, {"fid": value})
-        print(f"step {self.step}: FID {value:.2f} ({self.args.fid_samples} samples)", flush=True)
+        self.log.write_metrics(self.step, scores)
+        line = f"FID {scores['fid']:.2f}"
+        if "kid" in scores:  # fewer than 6 images on a side give FID only
+            line += (f", KID {scores['kid']:.4f} ± {scores['kid_std']:.4f}, precision {scores['precision']:.3f}, "
+                     f"recall {scores['recall']:.3f}, density {scores['density']:.3f}, coverage {scores['coverage']:.3f}")
+        print(f"step {self.step}: {line} ({self.args.fid_samples} samples)", flush=True)

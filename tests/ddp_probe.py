@@ -6,8 +6,13 @@
 PROBE_RANK_STATES=1: whenever the script checkpoints, every rank also writes its step, G and D to
     RUN_DIR/rank_<RANK>.pt (the script itself writes checkpoint.pt on rank 0 only).
 PROBE_NAN_AFTER=N: the script's g_loss returns NaN from its N-th call on (a simulated divergence).
+PROBE_DDP_LOG=FILE: rank 0 appends a line to FILE per DistributedDataParallel built: the module's class, its
+    find_unused_parameters, and the names of the parameters it synchronises.
+PROBE_EXIT_DIR=DIR: each rank writes the status its main() ends with (sys.exit's, 0 on return, 1 on an
+    exception) to DIR/exit_<RANK>.
 """
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,6 +38,18 @@ def main():
             checkpoint(self)
 
         run.Run.checkpoint = checkpoint_and_rank_state
+    if os.environ.get("PROBE_DDP_LOG"):
+        ddp_init = torch.nn.parallel.DistributedDataParallel.__init__
+
+        def logged_init(self, module, *args, **kwargs):
+            ddp_init(self, module, *args, **kwargs)
+            if os.environ.get("RANK", "0") == "0":
+                synced = [name for name, _ in module.named_parameters() if name not in self.parameters_to_ignore]
+                with open(os.environ["PROBE_DDP_LOG"], "a") as f:
+                    f.write(json.dumps({"module": type(module).__name__, "params": synced,
+                                        "find_unused_parameters": self.find_unused_parameters}) + "\n")
+
+        torch.nn.parallel.DistributedDataParallel.__init__ = logged_init
     module = importlib.import_module(Path(script).stem)
     if os.environ.get("PROBE_NAN_AFTER"):
         nan_after, g_loss, calls = int(os.environ["PROBE_NAN_AFTER"]), module.g_loss, [0]
@@ -44,7 +61,16 @@ def main():
 
         module.g_loss = nan_g_loss
     sys.argv = [script, *argv]
-    module.main()
+    status = 1
+    try:
+        module.main()
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else int(e.code is not None)
+        raise
+    finally:
+        if os.environ.get("PROBE_EXIT_DIR"):
+            (Path(os.environ["PROBE_EXIT_DIR"]) / f"exit_{os.environ.get('RANK', '0')}").write_text(str(status))
 
 
 if __name__ == "__main__":

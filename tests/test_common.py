@@ -1,4 +1,5 @@
 """common/: datasets in their real layouts, checkpoints, logging, FID (parity with pytorch-fid)."""
+import copy
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from common import data, fid
 from common import run as log
 from common.cli import UserError
-from helpers import ROOT, digit_images, write_celeba, write_cifar10, write_image_folder, write_mnist
+from helpers import ROOT, digit_images, metrics, run_in_process, write_celeba, write_cifar10, write_image_folder, write_mnist
 
 CPU = torch.device("cpu")
 
@@ -177,6 +178,77 @@ def test_fid_reference_statistics_are_cached_per_weights_and_image_count(tmp_pat
     assert len(list((tmp_path / "cache").glob("fid_stats_toy_8_*.npz"))) == 3
 
 
+def as_generated(images):
+    """generate(k) for FID.score: the next k of these uint8 images, as floats in [-1, 1] that quantise back to them."""
+    done = [0]
+
+    def generate(k):
+        done[0] += k
+        return images[done[0] - k:done[0]].float() / 127.5 - 1
+    return generate
+
+
+class TinyFeatures(torch.nn.Module):
+    """A stand-in for the Inception network (same calls, milliseconds): 8 fixed projections of a 4x4 grey thumbnail."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x.float().mean(1, keepdim=True) / 255, 4).flatten(1))
+
+
+def test_fid_scores_kid_precision_recall_density_coverage_from_cached_reference_features(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"stand-in")  # only hashed: its digest names the cache
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+    images[20:] //= 4  # a dark half: a generator that drops it drops a mode
+    ds = data.ImageData(images, None, None, CPU, False, "toy", "toy_8")
+    net = TinyFeatures()
+    path = tmp_path / "cache" / f"fid_stats_toy_8_c1_n40_w{fid.hashlib.sha256(b'stand-in').hexdigest()[:8]}.npz"
+    path.parent.mkdir()
+    np.savez(path, mu=np.zeros(8), sigma=np.eye(8))  # a cache from before the features were kept
+    scorer = fid.FID(ds, str(tmp_path), str(weights), CPU, net=net)
+    real = fid.features(net, images)
+    cached = np.load(path)
+    assert cached["features"].dtype == np.float32 and len(cached["features"]) == 40
+    assert np.array_equal(np.sort(cached["features"], 0), np.sort(real.astype(np.float32), 0))  # all 40, in random order
+    assert np.allclose(cached["mu"], real.mean(0))
+
+    same = scorer.score(as_generated(images), 40)
+    assert same["fid"] == pytest.approx(0, abs=1e-6)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    fake = images[:20].repeat(2, 1, 1, 1)  # the bright half only
+    dropped = fid.FID(ds, str(tmp_path), str(weights), CPU, net=net).score(as_generated(fake), 40)  # from the cache
+    fake_feats = fid.features(net, fake)
+    assert (dropped["kid"], dropped["kid_std"]) == fid.kid(cached["features"], fake_feats)
+    assert (dropped["precision"], dropped["recall"]) == fid.precision_recall(cached["features"], fake_feats)
+    assert (dropped["density"], dropped["coverage"]) == fid.density_coverage(cached["features"], fake_feats)
+    assert dropped["recall"] <= 0.6 and dropped["coverage"] <= 0.6 and dropped["kid"] > 10 * abs(same["kid"])
+    assert set(scorer.score(as_generated(images[:5]), 5)) == {"fid"}  # 5 images: too few for 5-NN balls
+
+
+def test_a_run_with_fid_logs_kid_precision_recall_density_coverage(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(log, "load_network", lambda weights, device: TinyFeatures())
+    monkeypatch.setattr(log.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
+    weights, out = tmp_path / "w.pth", tmp_path / "r"
+    weights.write_bytes(b"stand-in")
+    proc = run_in_process("dcgan.py", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32", "--width", "8",
+                          "--batch-size", "8", "--sample-every", "0", "--steps", "2", "--fid", "on", "--fid-every", "1",
+                          "--fid-samples", "20", "--fid-weights", weights, "--run-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    names = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"}
+    rows = [r for r in metrics(out) if "fid" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(names <= set(r) and np.isfinite([r[k] for k in names]).all() for r in rows), rows
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("precision", "recall", "coverage"))
+    line = [x for x in proc.stdout.splitlines() if x.startswith("step 2: FID")][0]
+    for name in ("KID", "±", "precision", "recall", "density", "coverage"):
+        assert name in line, line
+
+
 @pytest.mark.slow
 def test_fid_parity_with_pytorch_fid(tmp_path):
     """Same weights file, same two folders: common.fid and pytorch-fid agree within 1e-3 relative."""
@@ -202,6 +274,75 @@ def test_fid_parity_with_pytorch_fid(tmp_path):
     fid_theirs, fid_ours = (float(p.stdout.strip().rsplit("FID:", 1)[1]) for p in (theirs, ours))
     print(f"pytorch-fid {fid_theirs}, common.fid {fid_ours}")
     assert fid_ours > 0 and fid_ours == pytest.approx(fid_theirs, rel=1e-3)
+
+
+def test_standing_statistics_are_the_batch_statistics_of_the_models_own_layer_inputs():
+    """An EMA G's BatchNorm statistics, recomputed: the mean over the batches of its own layer inputs' batch mean and
+    (unbiased) variance, as train mode with a cumulative average keeps them; G, the weights and the RNG untouched."""
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 8, 4), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.ConvTranspose2d(8, 1, 4, 2, 1), torch.nn.BatchNorm2d(1), torch.nn.Tanh())
+    with torch.no_grad():
+        G(torch.randn(16, 4, 1, 1))  # G's own running statistics
+        ema = copy.deepcopy(G)
+        for p in ema.parameters():
+            p.mul_(1.5).add_(0.1)  # other weights, G's statistics copied
+    g_before, weights_before = copy.deepcopy(G.state_dict()), copy.deepcopy(dict(ema.named_parameters()))
+    z = torch.randn(3, 10, 4, 1, 1)
+    batches = iter(z)
+
+    def sample(k):  # as the scripts' samplers: eval mode
+        ema.eval()
+        images = ema(next(batches)[:k])
+        ema.train()
+        return images
+    rng = torch.get_rng_state()
+    log.standing_statistics(ema, sample, batches=3, batch_size=10)
+    assert torch.equal(torch.get_rng_state(), rng) and not ema[1]._forward_pre_hooks
+
+    expected = copy.deepcopy(ema)
+    for m in (expected[1], expected[4]):
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for zb in z:
+            expected(zb)
+    first_inputs = torch.stack([ema[0](zb) for zb in z]).detach()  # the first BatchNorm's inputs, batch by batch
+    assert torch.allclose(ema[1].running_mean, first_inputs.mean((1, 3, 4)).mean(0), atol=1e-6)
+    assert torch.allclose(ema[1].running_var, first_inputs.transpose(1, 2).flatten(2).var(2).mean(0), atol=1e-6)
+    for m, e, g in ((ema[1], expected[1], G[1]), (ema[4], expected[4], G[4])):
+        assert torch.allclose(m.running_mean, e.running_mean, atol=1e-6)
+        assert torch.allclose(m.running_var, e.running_var, rtol=1e-5)
+        assert not torch.allclose(m.running_var, g.running_var, rtol=0.05)  # not G's statistics any more
+    assert all(torch.equal(G.state_dict()[k], v) for k, v in g_before.items())
+    assert all(torch.equal(p, weights_before[k]) for k, p in ema.named_parameters())
+
+
+def test_ema_grids_fid_and_export_use_the_emas_own_batchnorm_statistics(mnist_dir, tmp_path, monkeypatch):
+    """dcgan --ema: before each grid, FID and export the EMA G (not G) gets its own statistics, once per step."""
+    calls, recompute = [], log.standing_statistics
+
+    def recording(model, sample, batches, batch_size):  # keeps the state each recompute leaves
+        recompute(model, sample, batches, batch_size)
+        calls.append({k: v.clone() for k, v in model.state_dict().items()})
+    monkeypatch.setattr(log, "standing_statistics", recording)
+    monkeypatch.setattr(log, "load_network", lambda weights, device: TinyFeatures())
+    monkeypatch.setattr(log.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
+    weights, out = tmp_path / "w.pth", tmp_path / "r"
+    weights.write_bytes(b"stand-in")
+    common = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32", "--width", "8", "--batch-size", "8",
+              "--steps", "2", "--sample-every", "1", "--fid", "on", "--fid-samples", "8", "--fid-weights", weights]
+    proc = run_in_process("dcgan.py", *common, "--ema", "--export", "3", "--run-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    assert len(calls) == 2  # steps 1 and 2: the grid, FID and export of step 2 share one recompute
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)  # written before step 2's grid, FID and export
+    state = calls[-1]
+    assert all(torch.equal(state[k], v) for k, v in ckpt["ema"].items() if "running" not in k)  # the EMA G
+    bn = [k for k in state if k.endswith("running_var")]
+    assert bn and all(not torch.allclose(state[k], ckpt["G"][k]) for k in bn)  # its own statistics, not G's
+    calls.clear()
+    assert run_in_process("dcgan.py", *common, "--run-dir", tmp_path / "no_ema").returncode == 0
+    assert calls == []  # without EMA, G samples with its own running statistics
 
 
 def test_ranks_agree_on_a_stop_every_tenth_step_only(monkeypatch):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from common.data import ToyData
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_script
+from helpers import (assert_learns_digits, assert_same_weights, assert_user_error, load_pngs, metrics, resumed_and_straight,
+                     run_compiled, run_in_process, run_script)
 
 mg = importlib.import_module("minimal_gan")
 TOY = ["--hidden", "32", "--batch-size", "64", "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2"]
@@ -57,6 +58,121 @@ def test_mode_metrics_on_known_samples():
     m = mg.mode_metrics(points, centres, std=0.05)
     assert m["modes"] == 2 and m["high_quality"] == pytest.approx(0.5)
     assert m["reverse_kl"] == pytest.approx(0.75 * np.log(0.75 * 4) + 0.25 * np.log(0.25 * 4))
+
+
+# The remedies for mode collapse (flags; all off by default)
+
+REMEDIES = [["--feature-matching"], ["--minibatch-disc", "4"], ["--label-smoothing", "0.1"],
+            ["--historical-averaging", "0.1"], ["--unroll", "2"], ["--pack", "3"]]
+
+
+@pytest.mark.parametrize("remedy", REMEDIES, ids=lambda r: r[0])
+def test_remedy_smoke(tmp_path, remedy):
+    run = tmp_path / "run"
+    out = run_script("minimal_gan.py", "--dataset", "grid25", *TOY, *remedy, "--steps", "4", "--run-dir", run).stdout
+    assert all(np.isfinite([r["d_loss"], r["g_loss"]]).all() for r in metrics(run)) and "/25 modes" in out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
+def test_resume_with_every_remedy_matches_uninterrupted_run(tmp_path):
+    """The historical averages are checkpointed: a resumed run ends with the same weights and averages."""
+    remedies = ["--minibatch-disc", "4", "--label-smoothing", "0.1", "--historical-averaging", "0.1", "--unroll", "2",
+                "--pack", "2"]
+    straight, resumed = resumed_and_straight("minimal_gan.py", TOY + remedies, tmp_path)
+    assert_same_weights(straight, resumed, keys=("G", "D", "G_history", "D_history"))
+
+
+def test_remedy_flags_are_checked():
+    assert_user_error(run_in_process("minimal_gan.py", "--feature-matching", "--unroll", "3"), "choose one")
+    assert_user_error(run_in_process("minimal_gan.py", "--pack", "0"), "--pack")
+    assert_user_error(run_in_process("minimal_gan.py", "--label-smoothing", "1"), "--label-smoothing")
+    assert_user_error(run_in_process("minimal_gan.py", "--unroll", "2", "--compile"), "--no-compile")
+
+
+def test_packing_puts_m_samples_side_by_side():
+    torch.manual_seed(0)
+    D = mg.Discriminator(8, 2, 2, 0.0, (2,), pack=3)
+    x = torch.randn(12, 2)
+    assert D(x).shape == (4,) and D.net[0].linear.in_features == 6
+    assert torch.equal(D.features(x), D.net[:-1](x.view(4, 6)))  # pack i = samples 3i, 3i+1, 3i+2
+    assert torch.allclose(D(x)[1:], D(x[3:])) and not torch.allclose(D(x)[0], D(x[[1, 0, 2]])[0])
+
+
+def test_minibatch_discrimination_matches_the_formula():
+    torch.manual_seed(0)
+    layer = mg.MinibatchDiscrimination(6, kernels=3, dim=4)
+    f = torch.randn(5, 6)
+    M = (f @ layer.T).view(5, 3, 4)  # M_i: B x C
+    o = torch.exp(-(M[:, None] - M[None, :]).abs().sum(-1)).sum(1)  # o[i, b] = sum_j exp(-||M_i,b - M_j,b||_1)
+    out = layer(f)
+    assert out.shape == (5, 9) and torch.equal(out[:, :6], f) and torch.allclose(out[:, 6:], o, atol=1e-6)
+    f2 = f.clone()
+    f2[4] += 1.0  # another sample moves: sample 0's minibatch features change, its own features do not
+    assert not torch.allclose(layer(f2)[0, 6:], out[0, 6:]) and torch.equal(layer(f2)[0, :6], out[0, :6])
+    D = mg.Discriminator(6, 2, 2, 0.0, (2,), minibatch_kernels=3)
+    assert D.net[-1].in_features == 9 and D(torch.randn(7, 2)).shape == (7,)
+
+
+def test_one_sided_label_smoothing_target():
+    real, fake = torch.tensor([1.5, -0.5]), torch.tensor([0.3, -2.0])
+    d = -(0.9 * torch.sigmoid(real).log() + 0.1 * (1 - torch.sigmoid(real)).log()).mean() - (1 - torch.sigmoid(fake)).log().mean()
+    assert torch.allclose(mg.d_loss(real, fake, real_target=0.9), d)
+    assert not torch.allclose(mg.d_loss(real, fake, real_target=0.9), mg.d_loss(real, fake))
+
+
+def test_feature_matching_loss_and_historical_penalty():
+    real, fake = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert mg.feature_matching_loss(real, fake).item() == pytest.approx((2 - 0.5) ** 2 + (3 - 0.5) ** 2)
+    params, averages = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])], [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
+    assert mg.historical_penalty(params, averages).item() == pytest.approx(1 + 4 + 4)
+
+
+def test_historical_average_is_the_mean_of_every_past_theta():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    thetas = [model.weight.detach().clone()]
+    average = mg.copy.deepcopy(model)
+    for t in range(1, 5):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(2, 3))
+        thetas.append(model.weight.detach().clone())
+        mg.update_historical_average([average], [model], t)
+    assert torch.allclose(average.weight, torch.stack(thetas).mean(0), atol=1e-6)
+
+
+def _unroll_setup():
+    torch.manual_seed(0)
+    G, D = mg.Generator(2, 16, 2, (2,)), mg.Discriminator(16, 2, 2, 0.0, (2,))
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    real, z = torch.randn(64, 2), torch.randn(64, 2)
+    mg.d_loss(D(real), D(G(z).detach())).backward()  # one ordinary D step: Adam has moments to continue from
+    opt_d.step()
+    return G, D, opt_d, real, z
+
+
+def test_one_unrolled_step_is_the_adam_step_of_d():
+    G, D, opt_d, real, z = _unroll_setup()
+    theta_1 = mg.unrolled_d_params(D, opt_d, real, G(z), k=1)
+    opt_d.zero_grad()
+    mg.d_loss(D(real), D(G(z).detach())).backward()
+    opt_d.step()
+    for name, p in D.named_parameters():
+        assert torch.allclose(theta_1[name], p, atol=1e-6), name
+
+
+def test_unrolled_loss_differs_and_its_gradient_flows_through_the_unrolling_into_g():
+    G, D, opt_d, real, z = _unroll_setup()
+    fake, before = G(z), mg.copy.deepcopy(D.state_dict())
+    plain = mg.g_loss(D(fake), "nonsaturating")
+    theta_k = mg.unrolled_d_params(D, opt_d, real, fake, k=5)
+    assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())  # unrolled on a copy: D itself unchanged
+    unrolled = mg.g_loss(mg.functional_call(D, theta_k, (fake,)), "nonsaturating")
+    stopped = mg.g_loss(mg.functional_call(D, {k: v.detach() for k, v in theta_k.items()}, (fake,)), "nonsaturating")
+    assert not torch.isclose(unrolled, plain)
+    grad = lambda loss: torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(G.parameters()), retain_graph=True)])
+    g_unrolled, g_stopped = grad(unrolled), grad(stopped)
+    assert g_unrolled.abs().sum() > 0
+    assert not torch.allclose(g_unrolled, g_stopped)  # the path through theta_K(G) adds to the plain one
 
 
 @pytest.mark.slow

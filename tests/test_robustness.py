@@ -2,6 +2,7 @@
 divergence, an unwritable run directory, and bad input as a new user would type it.
 
 Every subprocess runs with OMP_NUM_THREADS=1 (several torch processes share two cores here)."""
+import collections
 import json
 import math
 import os
@@ -9,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from common import run as run_module
 from helpers import ROOT, assert_same_weights, assert_user_error, run_in_process, run_script, write_image_folder
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -58,12 +61,24 @@ def load(path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
     steps = 5 if script == "progan" else 3  # progan: 2 steps per phase here, so it also grows 4x4 -> 8x8 under DDP
-    out = tmp_path / "run"
+    out, built = tmp_path / "run", tmp_path / "ddp.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", PROBE, f"{script}.py",
            *tiny(script, mnist_dir, "--steps", steps, "--log-every", "1", "--run-dir", out)]
     proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **ENV, "PROBE_RANK_STATES": "1", "WANDB_MODE": "offline"})
+                          env={**os.environ, **ENV, "PROBE_RANK_STATES": "1", "PROBE_DDP_LOG": str(built),
+                               "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # such as DDP's broadcast_buffers deprecation
+    # Every parameter DDP holds gets its gradient in every backward (D's G-step pass runs frozen, outside the reducer).
+    built = [json.loads(line) for line in built.read_text().splitlines()]
+    assert len(built) >= 2 and not any(b["find_unused_parameters"] for b in built), built
+    if script == "progan":  # re-wrapped per phase over the layers in use: 4x4, fading in 8x8, then 8x8
+        layers = {net: [sorted({name.rsplit(".", 1)[0] for name in b["params"]}) for b in built if b["module"] == net]
+                  for net in ("Generator", "Discriminator")}
+        g, d, grown = ["conv4", "dense"], ["conv3", "conv4", "linear"], ["blocks.0.0", "blocks.0.1"]
+        phases = lambda fixed, rgb: [sorted(fixed + [f"{rgb}.0"]), sorted(fixed + grown + [f"{rgb}.0", f"{rgb}.1"]),
+                                     sorted(fixed + grown + [f"{rgb}.1"])]
+        assert layers == {"Generator": phases(g, "to_rgb"), "Discriminator": phases(d, "from_rgb")}, layers
     ranks = [load(out / f"rank_{r}.pt") for r in (0, 1)]
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] == ranks[0]["step"] == ranks[1]["step"] == steps
@@ -75,10 +90,39 @@ def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
     assert len(ckpt["rng"]) == 2  # every rank's RNG state, for a DDP resume
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_g_step_computes_no_gradient_for_d(script, mnist_dir, tmp_path, monkeypatch):
+    """D's weights get a gradient once per D update, none in G's step (run frozen: those gradients cost FLOPs and,
+    under DDP, an all-reduce, to be discarded), and their requires_grad is back on for the next step's D updates."""
+    monkeypatch.setattr(run_module.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
+    track, after_step, counts, steps = run_module.Run.track, run_module.Run.after_step, collections.Counter(), []
+
+    def track_and_count(self, **state):
+        track(self, **state)
+        for p in state["D"].parameters():
+            p.register_post_accumulate_grad_hook(lambda p: counts.update([id(p)]))
+        state["opt_d"].register_step_post_hook(lambda *args: counts.update(["D updates"]))
+
+    def record_and_step(self, *args, **kwargs):
+        params = list(self.tracked["D"].parameters())
+        steps.append((counts["D updates"], {counts[id(p)] for p in params}, all(p.requires_grad for p in params)))
+        counts.clear()
+        return after_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.Run, "track", track_and_count)
+    monkeypatch.setattr(run_module.Run, "after_step", record_and_step)
+    proc = run_in_process(f"{script}.py", *tiny(script, mnist_dir, "--steps", "2", "--run-dir", tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(steps) == 2, steps
+    for updates, per_parameter, trainable in steps:  # per parameter: one gradient per D update (ProGAN's idle layers: 0)
+        assert updates >= 1 and per_parameter <= {0, updates} and updates in per_parameter and trainable, steps
+
+
 # --------------------------------------------------------------------------------------- 2. Preemption
 
-def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300, launcher=(sys.executable,)):
-    """Start a long run, SIGTERM it once metrics.jsonl has a step, wait for it to exit."""
+def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300, launcher=(sys.executable,), children=False):
+    """Start a long run, SIGTERM it (or, with children, the processes it started) once metrics.jsonl has a step,
+    wait for it to exit."""
     out, err = open(tmp_path / "stdout.txt", "w+"), open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([*launcher, f"{script}.py", *map(str, args)], cwd=ROOT, stdout=out, stderr=err,
                             env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
@@ -88,7 +132,11 @@ def run_until_sigterm(script, args, run_dir, tmp_path, timeout=300, launcher=(sy
             assert proc.poll() is None, f"{script} ended before it was signalled"
             assert time.time() < deadline, "no step logged in time"
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        if children:  # Linux: each thread's children
+            for pid in {int(p) for task in Path(f"/proc/{proc.pid}/task").iterdir() for p in (task / "children").read_text().split()}:
+                os.kill(pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -115,18 +163,28 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(mnist_dir, tmp_path):
-    """torchrun passes SIGTERM on to each rank; the ranks agree (every 10 steps) on the step to stop after,
-    and each saves there (the probe records every rank's step; rank 0 writes checkpoint.pt)."""
+@pytest.mark.parametrize("signalled", ["torchrun", "ranks"])
+def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(signalled, mnist_dir, tmp_path):
+    """SIGTERM to torchrun (which passes it on to each rank) or to the ranks: they agree (every 10 steps) on the
+    step to stop after, each saves there (the probe records every rank's step; rank 0 writes checkpoint.pt) and
+    ends with status 0. Signalled ranks leave torchrun a clean exit; a signalled torchrun re-raises the signal in
+    its agent once the ranks ended (SignalException, status 1): torchrun's own traceback, the only one."""
     run_dir = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", PROBE]
     args = tiny("dcgan", mnist_dir, "--log-every", "1", "--ckpt-every", "0", "--steps", "100000", "--run-dir", run_dir)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROBE_RANK_STATES", "1")
-        _, out, err = run_until_sigterm("dcgan", args, run_dir, tmp_path, launcher=launcher)
+        mp.setenv("PROBE_EXIT_DIR", str(tmp_path))
+        rc, out, err = run_until_sigterm("dcgan", args, run_dir, tmp_path, launcher=launcher, children=signalled == "ranks")
     step = load(run_dir / "checkpoint.pt")["step"]
     assert 1 <= step < 100000 and f"stopped by SIGTERM at step {step}" in out, out[-2000:] + err[-2000:]
     assert [load(run_dir / f"rank_{r}.pt")["step"] for r in (0, 1)] == [step, step]
+    assert [(tmp_path / f"exit_{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert "Warning" not in err, err[-3000:]  # such as DDP's broadcast_buffers deprecation
+    if signalled == "ranks":
+        assert rc == 0 and "Traceback" not in err, err[-3000:]
+    else:
+        assert rc == 1 and err.count("Traceback") == 1 and "SignalException: Process" in err, err[-3000:]
 
 
 @pytest.mark.slow
