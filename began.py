@@ -7,8 +7,9 @@ The discriminator D is an autoencoder; its L1 reconstruction error is the "energ
     g_loss   = L(G(z_G))
     k_{t+1}  = clip(k_t + lambda_k * (gamma * L(x) - L(G(z_G))), 0, 1),   k_0 = 0
     M_global = L(x) + |gamma * L(x) - L(G(z_G))|           (convergence measure, logged)
-Both L(x) and L(G(z)) in k_t and M_global come from the D pass before D's update (one D, as in
-the equations); z_D = z_G: one z per step.
+L(x) and L(G(z)) in k_t, M_global and G's loss all read D before its update (one D, as in the
+equations): both players step together after both backward passes, as the official code steps both
+optimizers from one graph; z_D = z_G: one z per step.
 
 Architecture (fig. 1, sec. 3.5): 3x3 convolutions with ELU. The encoder has one block per
 scale from the image size down to 8x8; a block is two convolutions of n*i filters (i = 1, 2,
@@ -26,7 +27,9 @@ that rule is ReduceLROnPlateau on M_global: M is averaged over windows of --lr-w
 on the device; when a window's mean has not improved on the best by 1% for more than
 --lr-patience windows in a row, both learning rates are halved.
 Differences from the paper: batches drawn with replacement; no skip connections (the paper's
-optional "vanishing residuals").
+optional "vanishing residuals"). Initialisation (the paper gives none): PyTorch's defaults; the
+official code's TF-slim defaults (Xavier-uniform weights, zero biases) lost k_t by step 500 and
+covered no class in the 16x16 learning-test run (PyTorch's: five).
 Short runs (--k-init, --beta1, --lr): on digits L(G(z)) > gamma * L(x) from the start, so k_t
 is pulled to 0 within a few hundred steps; with k_t = 0, D only autoencodes real images and G
 settles on what D reconstructs well. Measured on real digits (width 16, batch 16): at 16x16 and
@@ -151,7 +154,8 @@ def convergence_measure(loss_real, loss_fake, gamma: float):
 
 
 def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
-    """One D update (real and fake in one autoencoder pass), one G update, then the k_t update."""
+    """D's and G's gradients from the same D (real and fake in one autoencoder pass for D, fake through the frozen
+    D for G), then both updates and the k_t update."""
     autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     z = sample_z(len(real), args.z_dim, real.device)
     with autocast:
@@ -161,12 +165,12 @@ def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
         loss_d = d_loss(loss_real, loss_fake_d, k)
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
-    scaler.step(opt_d)
     with autocast, frozen(D):  # gradients through D for G, none for D's own weights
         loss_fake = reconstruction_loss(fake, D(fake))
         loss_g = g_loss(loss_fake)
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
+    scaler.step(opt_d)
     scaler.step(opt_g)
     scaler.update()
     # k_t and M_global from one D (before its update), as the paper's equations: L(x) and L(G(z)) of the same pass

@@ -68,7 +68,8 @@ def test_losses_and_k_update_match_formulas():
 
 
 def test_k_and_m_global_use_one_d():
-    """k_t and M_global take L(x) and L(G(z)) from the same D, the one before its update (the paper's equations)."""
+    """k_t, M_global and G's loss take L(x) and L(G(z)) from the same D, the one before its update (the paper's
+    equations; the official code steps D and G together from one pass)."""
     import copy
     import types
     torch.manual_seed(0)
@@ -82,8 +83,15 @@ def test_k_and_m_global_use_one_d():
         D0 = copy.deepcopy(D)
         loss_real, loss_fake = began.reconstruction_loss(real, D0(real)), began.reconstruction_loss(fake, D0(fake))
     torch.manual_seed(1)
+    G0 = copy.deepcopy(G)
+    fake_g = G0(began.sample_z(8, 4, "cpu"))
+    g0_grads = torch.autograd.grad(began.reconstruction_loss(fake_g, D0(fake_g)), list(G0.parameters()))
+    torch.manual_seed(1)
     losses = began.train_step(G, D, opt_g, opt_d, torch.amp.GradScaler("cpu", enabled=False), real, k, args, None, 1)
     assert losses["loss_fake"].item() == pytest.approx(loss_fake.item(), rel=1e-5)
+    assert losses["g_loss"].item() == pytest.approx(loss_fake.item(), rel=1e-5)  # G read D before D's update
+    for p, p0, g in zip(G.parameters(), G0.parameters(), g0_grads):  # Adam's first step: lr * g / (|g| + eps)
+        assert torch.allclose(p, p0 - 1e-2 * g / (g.abs() + 1e-8), atol=1e-6)
     assert k.item() == pytest.approx(0.5 + 0.1 * (0.5 * loss_real.item() - loss_fake.item()), rel=1e-5)
     assert losses["M_global"].item() == pytest.approx(began.convergence_measure(loss_real, loss_fake, 0.5).item(), rel=1e-5)
 
