@@ -207,7 +207,7 @@ def test_learns_the_digits(real_digits, digit_judge, tmp_path):
     of the 10 classes with confident samples. Measured (seed 1, one thread): 10 classes, 61% confident,
     FD 82 when calibrated; with 400 steps a phase, 7 classes. A clean-clone run of 2026-11-30 (the code
     unchanged since two passing runs) gave 7 classes, 56% confident, FD 88, one class at 1.8% against the
-    2% bar: the run is not bit-identical from one run to another (cause not found), so the bar is 7, not 8.
+    2% bar (what made it differ from the passing runs was not found), so the bar is 7, not 8.
     (--steps 0 runs the whole schedule, so there is no untrained run here; tests/test_digit_judge.py shows
     that noise and blank images fail the bar.)"""
     assert_learns_digits("progan.py", real_digits, digit_judge, tmp_path, 0, size=16, untrained=False,
