@@ -136,6 +136,22 @@ def test_quantize_equals_png_round_trip(tmp_path):
     png = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png"))).permute(2, 0, 1)
     assert torch.equal(fid.quantize(x), png)
 
+    log.write_png((x.clamp(-1, 1) + 1) / 2, tmp_path / "b.png")  # what export and the sample grids write
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize("n,channels", [(1, 1), (10, 1), (64, 1), (5, 3)])
+def test_sample_grids_are_torchvisions_pixel_for_pixel(tmp_path, n, channels):
+    """Our grid and PNG writer (no torchvision import at start-up) against make_grid + save_image."""
+    from torchvision.utils import make_grid, save_image
+    x = torch.rand(n, channels, 6, 5, generator=torch.Generator().manual_seed(n)) * 2.4 - 1.2
+    theirs = make_grid(x.clamp(-1, 1), nrow=8, normalize=True, value_range=(-1, 1))
+    ours = log.image_grid(x, 8)
+    assert torch.equal(ours, theirs.expand(3, -1, -1))
+    save_image(theirs, tmp_path / "theirs.png")
+    log.write_png(ours, tmp_path / "ours.png")
+    assert (tmp_path / "theirs.png").read_bytes() == (tmp_path / "ours.png").read_bytes()
+
 
 def random_fid_weights(path: Path):
     """Seeded random weights with He-initialised convolutions and BatchNorm statistics from a forward

@@ -356,3 +356,11 @@ def test_resume_on_more_processes_than_saved_it(short_runs, tmp_path):
                           env={**os.environ, **ENV, "WANDB_MODE": "offline"})
     assert proc.returncode == 0 and "IndexError" not in proc.stderr, proc.stderr[-3000:]
     assert load(run_dir / "checkpoint.pt")["step"] == 2
+
+
+def test_no_script_imports_torchvision_at_start():
+    """torchvision takes about two seconds to import: the scripts and common import it only to read MNIST before
+    its decoded cache exists, to download a dataset or to compute FID, so --help and a run on cached data start
+    without it."""
+    code = f"import sys, {', '.join(SCRIPTS)}; print('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout == "False\n"
