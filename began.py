@@ -42,7 +42,8 @@ runs above read L(G(z)) after D's update): the recipe gave four classes (k_t 0.5
 blobs), gamma 1 lost k_t by step 1,000, and the 16x16 test run six classes. Since D and G step
 together (the official order; before, G read D after its update), one 4,000-step run each at 32x32:
 lr 3e-4 five classes, the paper's lr 1e-4 eight (k_t 0.5 -> 0.16; the recipe since), and with lr
-1e-4 gamma 0.5 or 0.9 four. Not solved yet. The defaults stay the paper's.
+1e-4 gamma 0.5 or 0.9 four; an EMA of G, k_0 = 0.8, width 24, batch 64 or the lr halving on 500-step windows
+gave five to seven (benchmarks/RESULTS.md). Not solved yet. The defaults stay the paper's.
 """
 import copy
 import dataclasses
