@@ -203,13 +203,12 @@ def test_compile_across_a_phase_change(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(real_digits, digit_judge, tmp_path):
-    """Grown to 16x16 (5 phases of 600 steps) on real handwritten digits, the EMA samples cover at least 7
-    of the 10 classes with confident samples. Measured (seed 1, one thread): 10 classes, 61% confident,
-    FD 82 when calibrated; with 400 steps a phase, 7 classes. A clean-clone run of 2026-11-30 (the code
-    unchanged since two passing runs) gave 7 classes, 56% confident, FD 88, one class at 1.8% against the
-    2% bar (what made it differ from the passing runs was not found), so the bar is 7, not 8.
-    (--steps 0 runs the whole schedule, so there is no untrained run here; tests/test_digit_judge.py shows
-    that noise and blank images fail the bar.)"""
+    """Grown to 16x16 (5 phases of 600 steps) on real handwritten digits, the EMA samples cover at least 8
+    of the 10 classes with confident samples. Measured (one thread, 300 samples): 10 classes (61% confident,
+    FD 82) when calibrated with a judge trained in two threads, 7 in a clean-clone run (one class at 1.8%
+    against the 2% bar), and on 2026-11-30 with this judge seed 1 9 classes (57%, FD 89), seed 2 9 (59%,
+    FD 84); 800 steps a phase gave 10 and 9. (--steps 0 runs the whole schedule,
+    so there is no untrained run here; tests/test_digit_judge.py shows that noise and blank images fail.)"""
     assert_learns_digits("progan.py", real_digits, digit_judge, tmp_path, 0, size=16, untrained=False,
                          extra=["--max-channels", "32", "--z-dim", "32", "--batch-size", "16", "--kimg-per-phase",
-                                "9.6", "--ema-decay", "0.99"], min_classes=7)
+                                "9.6", "--ema-decay", "0.99"])

@@ -192,13 +192,10 @@ def test_compile(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_learns_the_digits(real_digits, digit_judge, tmp_path):
-    """After 1000 steps on real handwritten digits the samples cover at least 5 of the 10 classes with
+    """After 2000 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not (its smooth blobs are called 2 or 3 classes, confidently).
-    The small StyleGAN does not yet reach the other scripts' 8 classes reliably: seed 1 gave 8 classes (62%
-    confident, FD 132) when calibrated, 7 (56%) in a later clean-clone run and 7 (51%) with D's block in the
-    official order; after 400 steps 5 to 7, and
-    no single change (no style mixing, R1 gamma 0.1, mapping lr x0.1, no EMA, lr 1e-3) reached 8 there.
-    Issue #8 stays open for it."""
-    assert_learns_digits("stylegan_lite.py", real_digits, digit_judge, tmp_path, 1000, size=16,
+    Measured with this judge (one thread, 300 samples): seed 1 10 classes (59% confident, FD 73), seed 2 9
+    (67%, FD 47); after 1500 steps 8 and 10, after 1000 steps (seed 1) 7 or 8."""
+    assert_learns_digits("stylegan_lite.py", real_digits, digit_judge, tmp_path, 2000, size=16,
                          extra=["--batch-size", "16", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2",
-                                "--channel-base", "256", "--channel-max", "32", "--ema-decay", "0.95"], min_classes=5)
+                                "--channel-base", "256", "--channel-max", "32", "--ema-decay", "0.95"])
