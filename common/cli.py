@@ -185,7 +185,8 @@ def init_distributed(device_name: str):
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # Shut the group down on every way out (end, SIGTERM stop, error): a rank that exits with a live
-        # gloo group can abort in its destructor ("terminate called without an active exception").
-        atexit.register(torch.distributed.destroy_process_group)
+        # Shut the group down on every way out (Run.finish does it after a barrier on a normal end; this catches
+        # errors): a rank that exits with a live gloo group can abort in its destructor ("terminate called
+        # without an active exception").
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
     return device, rank, world

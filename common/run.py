@@ -554,6 +554,7 @@ class Run:
             if self.main:
                 print(f"stopped by {self.stop.received or 'another rank'} at step {step}; "
                       f"continue with --resume {args.run_dir}")
+            self._leave_group()
             sys.exit(0)  # every rank ends with status 0, so torchrun sees a clean exit when the ranks were signalled
 
     def checkpoint(self):
@@ -584,6 +585,14 @@ class Run:
             else:
                 export_images(self.sample, args.export, out, args.batch_size)
         self.log.close()
+        self._leave_group()
+
+    def _leave_group(self):
+        """Under DDP, at a normal end or a stop: wait for every rank, then shut the process group down, so that no rank
+        tears its connections down while rank 0 still saves or exports (CI saw a rank abort in gloo's teardown)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.distributed.destroy_process_group()
 
     def _own_bn_statistics(self):
         """The sampled module's BatchNorm statistics from its own samples, once per step, from a seeded forked RNG:

@@ -9,7 +9,7 @@ PROBE_NAN_AFTER=N: the script's g_loss returns NaN from its N-th call on (a simu
 PROBE_DDP_LOG=FILE: rank 0 appends a line to FILE per DistributedDataParallel built: the module's class, its
     find_unused_parameters, and the names of the parameters it synchronises.
 PROBE_EXIT_DIR=DIR: each rank writes the status its main() ends with (sys.exit's, 0 on return, 1 on an
-    exception) to DIR/exit_<RANK>.
+    exception) to DIR/exit_<RANK>, and whether its process group was still up then to DIR/group_<RANK>.
 """
 import importlib
 import json
@@ -70,7 +70,9 @@ def main():
         raise
     finally:
         if os.environ.get("PROBE_EXIT_DIR"):
-            (Path(os.environ["PROBE_EXIT_DIR"]) / f"exit_{os.environ.get('RANK', '0')}").write_text(str(status))
+            folder, rank = Path(os.environ["PROBE_EXIT_DIR"]), os.environ.get("RANK", "0")
+            (folder / f"exit_{rank}").write_text(str(status))
+            (folder / f"group_{rank}").write_text(str(torch.distributed.is_initialized()))
 
 
 if __name__ == "__main__":

@@ -66,8 +66,11 @@ def test_ddp_two_ranks_hold_identical_weights(script, mnist_dir, tmp_path):
            *tiny(script, mnist_dir, "--steps", steps, "--log-every", "1", "--run-dir", out)]
     proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **ENV, "PROBE_RANK_STATES": "1", "PROBE_DDP_LOG": str(built),
-                               "WANDB_MODE": "offline"})
+                               "PROBE_EXIT_DIR": str(tmp_path), "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Both ranks returned from main() with the group shut down after a barrier (Run._leave_group): a rank that left a
+    # live gloo group once aborted in its teardown in CI ("terminate called without an active exception").
+    assert [(tmp_path / f"group_{r}").read_text() for r in (0, 1)] == ["False", "False"]
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # such as DDP's broadcast_buffers deprecation
     # Every parameter DDP holds gets its gradient in every backward (D's G-step pass runs frozen, outside the reducer).
     built = [json.loads(line) for line in built.read_text().splitlines()]
@@ -180,6 +183,7 @@ def test_sigterm_under_torchrun_stops_every_rank_after_the_same_step(signalled, 
     assert 1 <= step < 100000 and f"stopped by SIGTERM at step {step}" in out, out[-2000:] + err[-2000:]
     assert [load(run_dir / f"rank_{r}.pt")["step"] for r in (0, 1)] == [step, step]
     assert [(tmp_path / f"exit_{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert [(tmp_path / f"group_{r}").read_text() for r in (0, 1)] == ["False", "False"]  # left together (Run._leave_group)
     assert "Warning" not in err, err[-3000:]  # such as DDP's broadcast_buffers deprecation
     if signalled == "ranks":
         assert rc == 0 and "Traceback" not in err, err[-3000:]
