@@ -1,5 +1,10 @@
 """Fixtures, and one torch thread per pytest-xdist worker. The helpers live in helpers.py."""
+import contextlib
+import fcntl
+import hashlib
 import os
+import shutil
+from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, so one thread per process
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -7,7 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the co
 
 import pytest  # noqa: E402  (after the thread settings, which numpy and torch read on import)
 
-from helpers import write_image_folder, write_mnist  # noqa: E402
+from helpers import ROOT, write_image_folder, write_mnist  # noqa: E402
 
 
 # The slow tier's longest tests, by what they do, longest kind first: they start first, so that the workers do not
@@ -31,16 +36,47 @@ def folder_dataset(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("folder") / "pets")
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path):
+    """Hold an exclusive lock on LOCK_FILE (the pytest-xdist workers share the folders below)."""
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def real_digits(tmp_path_factory):
-    """scikit-learn's 1,797 real handwritten digits in MNIST's on-disk layout (1,500 train, 297 held out)."""
+def real_digits(request, tmp_path_factory):
+    """scikit-learn's 1,797 real handwritten digits in MNIST's on-disk layout (1,500 train, 297 held out). Written
+    once into pytest's cache folder (.pytest_cache), keyed by benchmarks/digits.py's text: the workers and both tiers
+    share it and the judge cached in it (training it costs a worker about 45 s)."""
     from benchmarks.digits import write_sklearn_digits
-    return write_sklearn_digits(tmp_path_factory.mktemp("real_digits"))
+    if getattr(request.config, "cache", None) is None:  # -p no:cacheprovider
+        return write_sklearn_digits(tmp_path_factory.mktemp("real_digits"))
+    key = hashlib.sha256((ROOT / "benchmarks" / "digits.py").read_bytes()).hexdigest()[:12]
+    folder = request.config.cache.mkdir(f"real_digits_{key}")
+    with exclusive(folder / "lock"):
+        if not (folder / "MNIST").is_dir():  # written aside, then moved in: a killed worker leaves no half set
+            shutil.rmtree(folder / "partial", ignore_errors=True)
+            write_sklearn_digits(folder / "partial")
+            (folder / "partial" / "MNIST").rename(folder / "MNIST")
+            shutil.rmtree(folder / "partial")
+    return folder
 
 
 @pytest.fixture(scope="session")
 def digit_judge(real_digits):
-    """The learning tests' judge: benchmarks.digits' classifier at 16x16, trained once per test process on
-    the training split of `real_digits` (about 15 s on one thread), held-out split for its reference."""
+    """The learning tests' judge: benchmarks.digits' classifier at 16x16, trained on the training split of
+    `real_digits` (about 45 s on one thread) by the first worker that needs it and cached; held-out split for its
+    reference."""
+    import torch
     from benchmarks.digits import DigitJudge
-    return DigitJudge.load(real_digits, size=16, steps=2000, verbose=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same judge, bit for bit, whichever run trains it (xdist workers or -n 0)
+    try:
+        with exclusive(real_digits / "lock"):
+            return DigitJudge.load(real_digits, size=16, steps=2000, verbose=False)
+    finally:
+        torch.set_num_threads(threads)

@@ -98,6 +98,30 @@ def run_in_process(script: str, *args):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
+def run_here(script: str, *args, threads: int = None):
+    """Run SCRIPT ARGS to its end in this process, without the 4 s a new interpreter spends importing torch and
+    torch._dynamo (which torch.optim pulls in), and fail if it fails. For runs whose result a test compares with a run
+    in a fresh process: the run's signal handlers are not installed (pytest keeps its own) and its run-directory lock,
+    held for the life of the process, is released at its end; the thread count is restored."""
+    from unittest import mock
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)  # `threads`: as a fresh process with OMP_NUM_THREADS set would run
+    try:
+        with mock.patch("signal.signal"):
+            proc = run_in_process(script, *args)
+    finally:
+        torch.set_num_threads(before)  # minimal_gan.py sets one thread for its MLPs
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    args = list(map(str, args))
+    if "--run-dir" in args:
+        lock = Path(args[args.index("--run-dir") + 1]) / "run.lock"
+        if lock.exists() and lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    return proc
+
+
 def run_compiled(script: str, *args, steps: int = 3, settled_after: int = 1, env=None):
     """Run `script ARGS --compile` for `steps` steps, logging each, with TORCH_LOGS=recompiles; fail if
     anything recompiles after step `settled_after` (G and D alternating must reuse their graphs; the first
@@ -133,8 +157,9 @@ def resumed_and_straight(script: str, args, tmp_path: Path, stop: int = 3, total
     started at `stop` and return both final checkpoints (straight, resumed)."""
     import torch
     a, b = tmp_path / "straight", tmp_path / "resumed"
-    run_script(script, *args, "--steps", total, "--run-dir", a)
-    run_script(script, *args, "--steps", stop, "--run-dir", b)
+    run_here(script, *args, "--steps", total, "--run-dir", a)
+    run_here(script, *args, "--steps", stop, "--run-dir", b)
+    # The resumed part in a fresh process, as a user resumes: nothing but the checkpoint carries the run over.
     assert f"from step {stop} to {total}" in run_script(script, "--resume", b, "--steps", total).stdout
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
     assert ca["step"] == cb["step"] == total

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_here, run_in_process, run_script
 
 began = importlib.import_module("began")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8",
@@ -30,8 +30,8 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
 def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     window = ["--lr-window", "2", "--lr-patience", "0"]  # the lr schedule and its window sum must resume too
-    run_script("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "6", "--run-dir", a)
-    run_script("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "3", "--run-dir", b)
+    run_here("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "6", "--run-dir", a)
+    run_here("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "3", "--run-dir", b)
     assert "from step 3 to 6" in run_script("began.py", "--resume", b, "--steps", "6").stdout
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
     assert cb["step"] == 6 and torch.equal(ca["k"], cb["k"]) and torch.equal(ca["m_sum"], cb["m_sum"])

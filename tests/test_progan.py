@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_here, run_in_process, run_script
 
 progan = importlib.import_module("progan")
 # 16x16 final size, 32 images per phase, batch 8: 4 steps per phase, phases 0..4, the schedule ends at step 20.
@@ -163,7 +163,7 @@ def test_sample_grid_upsamples_the_current_resolution(mnist_dir, tmp_path):
 
 def test_resume_mid_fade_in_matches_uninterrupted_run(full_run, mnist_dir, tmp_path):
     a, b = full_run[0], tmp_path / "b"
-    run_script("progan.py", *TINY, "--data-dir", mnist_dir, "--steps", "14", "--run-dir", b)
+    run_here("progan.py", *TINY, "--data-dir", mnist_dir, "--steps", "14", "--run-dir", b)
     mid = torch.load(b / "checkpoint.pt", weights_only=False)
     # 14 steps x 8 images = 112 images: phase 3 (fade-in of 16x16) started at 96, so alpha = 16 / 32.
     assert (mid["step"], mid["images"]) == (14, 112)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, load_pngs, metrics, run_compiled, run_here, run_in_process, run_script
 
 sg = importlib.import_module("stylegan_lite")
 # One intra-op thread: on a small shared CPU, spinning worker threads make these tiny models 10-50x slower.
@@ -54,8 +54,8 @@ def test_export_writes_pngs(smoke_run):
 def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     args = [*TINY, "--data-dir", mnist_dir, "--r1-every", "2", "--mixing-prob", "0.5"]
-    run_script("stylegan_lite.py", *args, "--steps", "5", "--run-dir", a, env=ENV)
-    run_script("stylegan_lite.py", *args, "--steps", "3", "--run-dir", b, env=ENV)
+    run_here("stylegan_lite.py", *args, "--steps", "5", "--run-dir", a, threads=1)
+    run_here("stylegan_lite.py", *args, "--steps", "3", "--run-dir", b, threads=1)
     out = run_script("stylegan_lite.py", "--resume", b, "--steps", "5", env=ENV).stdout
     assert "from step 3 to 5" in out
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
