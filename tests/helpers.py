@@ -98,27 +98,28 @@ def run_in_process(script: str, *args):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def run_here(script: str, *args, threads: int = None):
+def run_here(script: str, *args, threads: int = None, check: bool = True):
     """Run SCRIPT ARGS to its end in this process, without the 4 s a new interpreter spends importing torch and
-    torch._dynamo (which torch.optim pulls in), and fail if it fails. For runs whose result a test compares with a run
-    in a fresh process: the run's signal handlers are not installed (pytest keeps its own) and its run-directory lock,
-    held for the life of the process, is released at its end; the thread count is restored."""
+    torch._dynamo (which torch.optim pulls in); fail if it fails, unless check=False. For runs that need no fresh
+    process: the run's signal handlers are not installed (pytest keeps its own), its run-directory lock (held for
+    the life of the process) is released at its end, and the thread count is restored (`threads`: as a fresh process
+    with OMP_NUM_THREADS set would run)."""
     from unittest import mock
     import torch
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)  # `threads`: as a fresh process with OMP_NUM_THREADS set would run
+    torch.set_num_threads(threads or before)
     try:
         with mock.patch("signal.signal"):
             proc = run_in_process(script, *args)
     finally:
         torch.set_num_threads(before)  # minimal_gan.py sets one thread for its MLPs
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    args = list(map(str, args))
-    if "--run-dir" in args:
-        lock = Path(args[args.index("--run-dir") + 1]) / "run.lock"
-        if lock.exists() and lock.read_text().strip() == str(os.getpid()):
-            lock.unlink()
+        args = list(map(str, args))
+        for flag in ("--run-dir", "--resume"):
+            if flag in args and (lock := Path(args[args.index(flag) + 1]) / "run.lock").exists():
+                if lock.read_text().strip() == str(os.getpid()):
+                    lock.unlink()
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

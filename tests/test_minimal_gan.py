@@ -6,7 +6,7 @@ import torch
 
 from common.data import ToyData
 from helpers import (assert_learns_digits, assert_same_weights, assert_user_error, load_pngs, metrics, resumed_and_straight,
-                     run_compiled, run_in_process, run_script)
+                     run_compiled, run_here, run_in_process, run_script)
 
 mg = importlib.import_module("minimal_gan")
 TOY = ["--hidden", "32", "--batch-size", "64", "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2"]
@@ -69,7 +69,7 @@ REMEDIES = [["--feature-matching"], ["--minibatch-disc", "4"], ["--label-smoothi
 @pytest.mark.parametrize("remedy", REMEDIES, ids=lambda r: r[0])
 def test_remedy_smoke(tmp_path, remedy):
     run = tmp_path / "run"
-    out = run_script("minimal_gan.py", "--dataset", "grid25", *TOY, *remedy, "--steps", "4", "--run-dir", run).stdout
+    out = run_here("minimal_gan.py", "--dataset", "grid25", *TOY, *remedy, "--steps", "4", "--run-dir", run).stdout
     assert all(np.isfinite([r["d_loss"], r["g_loss"]]).all() for r in metrics(run)) and "/25 modes" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 4
 

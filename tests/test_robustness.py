@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from common import run as run_module
-from helpers import ROOT, assert_same_weights, assert_user_error, run_in_process, run_script, write_image_folder
+from helpers import ROOT, assert_same_weights, assert_user_error, run_here, run_in_process, run_script, write_image_folder
 
 ENV = {"OMP_NUM_THREADS": "1"}
 PROBE = "tests/ddp_probe.py"
@@ -159,7 +159,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path
     end = step + 3  # progan: 2 steps per phase, so the resumed part crosses a phase boundary
     resumed = run(script, "--resume", stopped, "--steps", end).stdout
     assert f"from step {step} to {end}" in resumed
-    run(script, *args, "--steps", end, "--run-dir", whole)
+    run_here(f"{script}.py", *args, "--steps", end, "--run-dir", whole, threads=1)
     a, b = load(whole / "checkpoint.pt"), load(stopped / "checkpoint.pt")
     assert a["step"] == b["step"] == end
     assert_same_weights(a, b)  # bit-exact on the CPU: same seed, same RNG stream, same order of operations

@@ -9,7 +9,7 @@ import torch
 
 from common import run as run_module
 from common.cli import RunArgs, UserError
-from helpers import assert_user_error, metrics, run_in_process, run_script
+from helpers import assert_user_error, metrics, run_here, run_in_process, run_script
 
 SCRIPTS = ["minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite"]
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -18,7 +18,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 def dcgan(mnist_dir, run_dir, *extra, check=True):
     args = ["--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32", "--width", "8", "--batch-size", "8",
             "--sample-every", "0", "--run-dir", run_dir, *extra]
-    return run_script("dcgan.py", *args, env=ENV, check=check)
+    return run_here("dcgan.py", *args, threads=1, check=check)
 
 
 def test_a_run_directory_holding_a_run_is_refused_unless_overwrite(mnist_dir, tmp_path):
