@@ -110,7 +110,7 @@ def test_architecture_follows_figure_1(size):
 
 
 def test_bf16_autocast(mnist_dir, tmp_path):
-    run_script("began.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("began.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in metrics(tmp_path / "r"))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_same_weights, digits_pass, learned_digits, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_same_weights, digits_pass, learned_digits, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -84,7 +84,7 @@ def test_both_players_see_the_label():
 
 
 def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_script("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--embed-dim", "0"]):
         proc = run_in_process("cgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)

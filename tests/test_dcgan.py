@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 dcgan = importlib.import_module("dcgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -27,11 +27,11 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
 
 def test_folder_and_celeba_layouts(folder_dataset, tmp_path):
     from helpers import write_celeba
-    run_script("dcgan.py", "--dataset", folder_dataset, "--data-dir", tmp_path / "d", "--image-size", "32",
-               "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r1")
+    run_here("dcgan.py", "--dataset", folder_dataset, "--data-dir", tmp_path / "d", "--image-size", "32",
+             "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r1")
     celeba = write_celeba(tmp_path / "c")
-    run_script("dcgan.py", "--dataset", "celeba", "--data-dir", celeba, "--image-size", "32",
-               "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r2")
+    run_here("dcgan.py", "--dataset", "celeba", "--data-dir", celeba, "--image-size", "32",
+             "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r2")
     assert (celeba / "cache" / "celeba_32.pt").exists()
 
 
@@ -48,7 +48,7 @@ def test_resume_refuses_changed_settings(mnist_dir, tmp_path):
 
 def test_export_writes_pngs_and_resume_only_exports(mnist_dir, tmp_path):
     run = tmp_path / "run"
-    run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--run-dir", run, "--export", "5")
+    run_here("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--run-dir", run, "--export", "5")
     pngs = sorted((run / "export").glob("*.png"))
     assert len(pngs) == 5 and load_pngs(run / "export").shape == (5, 1, 32, 32)
     out = run_script("dcgan.py", "--resume", run, "--export", "7").stdout
@@ -71,7 +71,7 @@ def test_architecture_sizes(size):
 
 
 def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--steps", "-1"], ["--batch-size", "0"], ["--dataset", "ring8"]):
         proc = run_in_process("dcgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)

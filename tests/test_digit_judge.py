@@ -1,10 +1,13 @@
 """The judge of the learning tests (benchmarks.digits) on sets with known answers: real held-out digits pass
 the learning tests' bar; noise, a blank image, one class, three classes and blurred digits fail it."""
+import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmarks.digits import read_mnist_split
 from helpers import digits_pass
+
+pytestmark = pytest.mark.slow  # with the learning tests, which need the same judge (about 45 s to train once)
 
 
 def held_out(folder, size=16):

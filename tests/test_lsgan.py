@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 lsgan = importlib.import_module("lsgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -64,8 +64,8 @@ def test_discriminator_output_is_linear():
 
 
 def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_script("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--ema",
-               "--run-dir", tmp_path / "r")
+    run_here("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--ema",
+             "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--dataset", "ring8"], ["--coding", "1-0-1"]):
         proc = run_in_process("lsgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)

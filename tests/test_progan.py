@@ -178,7 +178,7 @@ def test_resume_mid_fade_in_matches_uninterrupted_run(full_run, mnist_dir, tmp_p
 
 
 def test_bf16_and_bad_input(mnist_dir, tmp_path):
-    run_script("progan.py", *TINY, "--data-dir", mnist_dir, "--steps", "6", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("progan.py", *TINY, "--data-dir", mnist_dir, "--steps", "6", "--amp", "bf16", "--run-dir", tmp_path / "r")
     rows = [r for r in metrics(tmp_path / "r") if "d_loss" in r]
     assert rows and all(math.isfinite(r["d_loss"]) and math.isfinite(r["gp"]) for r in rows)
     assert rows[-1]["res"] == 8  # the bf16 run reached a fade-in

@@ -93,7 +93,7 @@ def test_nothing_to_train_says_so_and_leaves_the_config(mnist_dir, tmp_path):
     dcgan(mnist_dir, out, "--steps", "3")
     config = (out / "config.json").read_text()
     for steps in ("3", "2"):
-        proc = run_script("dcgan.py", "--resume", out, "--steps", steps, env=ENV)
+        proc = run_here("dcgan.py", "--resume", out, "--steps", steps, threads=1)
         assert "nothing to train: the run is at step 3" in proc.stdout
         assert (out / "config.json").read_text() == config
     assert "nothing to train: the run is at step 0 of 0" in dcgan(mnist_dir, tmp_path / "z", "--steps", "0").stdout

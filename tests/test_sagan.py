@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 sagan = importlib.import_module("sagan")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
@@ -116,7 +116,7 @@ def test_compile_and_spectral_norm_under_compile(mnist_dir, tmp_path):
 
 
 def test_bf16_autocast(mnist_dir, tmp_path):
-    run_script("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in metrics(tmp_path / "r"))
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 wgan = importlib.import_module("wgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2",
@@ -73,7 +73,7 @@ def test_critic_is_unbounded():
 
 
 def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_script("wgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("wgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor(r["wasserstein"])) for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--clip", "0"], ["--n-critic", "0"], ["--dataset", "ring8"]):
         proc = run_in_process("wgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_in_process, run_script
+from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 wgan_gp = importlib.import_module("wgan_gp")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -118,7 +118,7 @@ def test_critic_has_no_batch_coupling():
 
 
 def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_script("wgan_gp.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
+    run_here("wgan_gp.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
     assert all(torch.isfinite(torch.tensor([r["gp"], r["wasserstein"]])).all() for r in metrics(tmp_path / "r"))
     for bad in (["--image-size", "48"], ["--gp-lambda", "-1"], ["--n-critic", "0"], ["--dataset", "ring8"]):
         proc = run_in_process("wgan_gp.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
