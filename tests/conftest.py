@@ -66,17 +66,29 @@ def real_digits(request, tmp_path_factory):
     return folder
 
 
+class JudgeOnFirstUse:
+    """The learning tests' judge: benchmarks.digits' classifier at 16x16, trained on the training split of
+    `real_digits` (about 45 s on one thread) when first used, by the first worker that needs it, and cached; held-out
+    split for its reference. On first use, not at set-up: a learning test trains its G first, so a second worker
+    is not held up waiting for the first to train the judge."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.judge = folder, None
+
+    def __getattr__(self, name):  # score, accuracy, ...: the judge's own
+        if self.judge is None:
+            import torch
+            from benchmarks.digits import DigitJudge
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the same judge, bit for bit, whichever run trains it (xdist workers or -n 0)
+            try:
+                with exclusive(self.folder / "lock"):
+                    self.judge = DigitJudge.load(self.folder, size=16, steps=2000, verbose=False)
+            finally:
+                torch.set_num_threads(threads)
+        return getattr(self.judge, name)
+
+
 @pytest.fixture(scope="session")
 def digit_judge(real_digits):
-    """The learning tests' judge: benchmarks.digits' classifier at 16x16, trained on the training split of
-    `real_digits` (about 45 s on one thread) by the first worker that needs it and cached; held-out split for its
-    reference."""
-    import torch
-    from benchmarks.digits import DigitJudge
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same judge, bit for bit, whichever run trains it (xdist workers or -n 0)
-    try:
-        with exclusive(real_digits / "lock"):
-            return DigitJudge.load(real_digits, size=16, steps=2000, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    return JudgeOnFirstUse(real_digits)

@@ -199,11 +199,12 @@ def learned_digits(script: str, digits, judge, tmp_path: Path, steps: int, size:
     args = ["--dataset", "mnist", "--data-dir", digits, "--image-size", size, "--log-every", "500",
             "--sample-every", "0", "--ckpt-every", "0", "--export", samples, "--seed", "1", *extra]
     runs = ["untrained", "trained"] if untrained else ["trained"]
-    scores = {}
     for name in runs:
         run_script(script, *args, "--steps", 0 if name == "untrained" else steps, "--run-dir", tmp_path / name,
                    env={"OMP_NUM_THREADS": "1"})  # one thread: the run the thresholds were calibrated on, bit for bit
-        from benchmarks.digits import load_export
+    from benchmarks.digits import load_export
+    scores = {}
+    for name in runs:  # after the runs: the judge (trained on first use) is not awaited before any work
         images, labels = load_export(tmp_path / name / "export")
         scores[name] = judge.score(images, labels)
         s = scores[name]
