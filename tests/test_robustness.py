@@ -243,7 +243,9 @@ def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp
                       "--ckpt-every", "2", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "5"}, check=False)
     line = assert_user_error(proc, "g_loss is nan", "diverged")
     step = int(line.split("at step ")[1].split()[0])
-    assert 20 <= step <= 30, line  # 2**16 halved once per NaN step from step 5 falls below 1 after 17 of them
+    # The scale (2**16) halves at most once a step, so it cannot fall below 1 before step 17; every NaN step from step 5
+    # halves it, so it has by step 21 (sooner when some of steps 1-4 overflow at 2**16 too, as on some CPUs: step 19)
+    assert 17 <= step <= 21, line
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] < step and ckpt["scaler"]["scale"] >= 1.0
     assert all(v.isfinite().all() for k in ("G", "D") for v in ckpt[k].values() if v.is_floating_point())
