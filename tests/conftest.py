@@ -15,37 +15,15 @@ import pytest  # noqa: E402  (after the thread settings, which numpy and torch r
 from helpers import ROOT, write_image_folder, write_mnist  # noqa: E402
 
 
-# The slow tier's longest tests with their seconds in a clean-clone run on the 2-core machine (e311b49, two workers).
-# They start longest first and pytest.ini hands tests out one at a time (--maxschedchunk=1), so a worker that finishes
-# takes the longest test left: the workers end close together instead of one running a long test alone at the end.
-# Tests not listed (all under 15 s) follow in file order.
-SECONDS = {
-    "test_progan.py::test_learns_the_digits": 336,
-    "test_began.py::test_learns_the_digits": 235,
-    "test_wgan_gp.py::test_learns_the_digits": 177,
-    "test_sagan.py::test_learns_the_digits": 159,
-    "test_stylegan_lite.py::test_learns_the_digits": 154,
-    "test_minimal_gan.py::test_learns_the_digits": 126,
-    "test_wgan.py::test_learns_the_digits": 106,
-    "test_sagan.py::test_compile_and_spectral_norm_under_compile": 104,
-    "test_cgan.py::test_generates_the_requested_digit": 90,
-    "test_lsgan.py::test_learns_the_digits": 73,
-    "test_dcgan.py::test_learns_the_digits": 62,
-    "test_common.py::test_fid_parity_with_pytorch_fid": 62,
-    "test_stylegan_lite.py::test_compile": 60,
-    "test_recipes.py::test_the_runner_prints_the_table": 56,
-    "test_began.py::test_compile": 51,
-    "test_minimal_gan.py::test_learns_every_ring_mode": 47,
-    "test_progan.py::test_compile_across_a_phase_change": 46,
-    "test_cgan.py::test_compile": 29,
-    "test_minimal_gan.py::test_compile_and_bf16": 27,
-    "test_wgan_gp.py::test_compile_runs_the_penalty_uncompiled": 22,
-    "test_dcgan.py::test_compile": 15,
-}
+# The slow tier's longest tests, by what they do, longest kind first: they start first, so that the workers do not
+# end with one of them alone on a long test (pytest-xdist hands tests out in collection order).
+LONGEST_FIRST = (("learns", "generates_the_requested_digit", "runner_prints"), ("compile", "parity"), ("recipe_starts",))
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: -SECONDS.get(item.nodeid.rsplit("/", 1)[-1], 0))  # stable: file order among the rest
+    def rank(item):
+        return next((i for i, words in enumerate(LONGEST_FIRST) if any(w in item.name for w in words)), len(LONGEST_FIRST))
+    items.sort(key=rank)  # stable: file order within a rank
 
 
 @pytest.fixture(scope="session")
