@@ -5,7 +5,6 @@
 
 PROBE_RANK_STATES=1: whenever the script checkpoints, every rank also writes its step, G and D to
     RUN_DIR/rank_<RANK>.pt (the script itself writes checkpoint.pt on rank 0 only).
-PROBE_NAN_AFTER=N: the script's g_loss returns NaN from its N-th call on (a simulated divergence).
 PROBE_DDP_LOG=FILE: rank 0 appends a line to FILE per DistributedDataParallel built: the module's class, its
     find_unused_parameters, and the names of the parameters it synchronises.
 PROBE_EXIT_DIR=DIR: each rank writes the status its main() ends with (sys.exit's, 0 on return, 1 on an
@@ -51,15 +50,6 @@ def main():
 
         torch.nn.parallel.DistributedDataParallel.__init__ = logged_init
     module = importlib.import_module(Path(script).stem)
-    if os.environ.get("PROBE_NAN_AFTER"):
-        nan_after, g_loss, calls = int(os.environ["PROBE_NAN_AFTER"]), module.g_loss, [0]
-
-        def nan_g_loss(*args, **kwargs):
-            calls[0] += 1
-            loss = g_loss(*args, **kwargs)
-            return loss * float("nan") if calls[0] >= nan_after else loss
-
-        module.g_loss = nan_g_loss
     sys.argv = [script, *argv]
     status = 1
     try:

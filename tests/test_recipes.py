@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmarks.recipes import LEFT_TO_THE_RUNNER, SCRIPTS, main as run_recipes, read_recipes
-from helpers import ROOT, run_script
+from helpers import ROOT, run_here
 
 sys.path.insert(0, str(ROOT))
 
@@ -62,8 +62,8 @@ def test_the_reader_refuses_what_the_runner_adds(tmp_path):
 def test_every_recipe_starts(name, real_digits, tmp_path):
     """Each recipe passes its script's own checks (sizes, channel counts) and trains: one step, two exports."""
     steps = ["--steps", "1"] if name != "progan" else ["--kimg-per-phase", "0.016"]  # progan: the whole schedule, tiny
-    run_script(f"{name}.py", "--dataset", "mnist", "--data-dir", real_digits, "--device", "cpu",
-               "--run-dir", tmp_path / "r", "--export", "2", *read_recipes()[name], *steps, "--sample-every", "0")
+    run_here(f"{name}.py", "--dataset", "mnist", "--data-dir", real_digits, "--device", "cpu",  # in this process
+             "--run-dir", tmp_path / "r", "--export", "2", *read_recipes()[name], *steps, "--sample-every", "0")
     assert len(list((tmp_path / "r" / "export").glob("*.png"))) == 2
 
 

@@ -3,6 +3,7 @@ divergence, an unwritable run directory, and bad input as a new user would type 
 
 Every subprocess runs with OMP_NUM_THREADS=1 (several torch processes share two cores here)."""
 import collections
+import importlib
 import json
 import math
 import os
@@ -197,7 +198,8 @@ def test_fp16_with_a_grad_scaler(script, mnist_dir, tmp_path):
     """--amp fp16 end to end (CPU autocast): finite losses and weights, the GradScaler's state saved. The
     penalties' scale-then-unscale recipe is checked exactly in test_wgan_gp.py and test_stylegan_lite.py."""
     out = tmp_path / "run"
-    run(script, *tiny(script, mnist_dir, "--steps", "3", "--log-every", "1", "--amp", "fp16", "--run-dir", out))
+    run_here(f"{script}.py", *tiny(script, mnist_dir, "--steps", "3", "--log-every", "1", "--amp", "fp16", "--run-dir", out),
+             threads=1)  # in this process: no interpreter start-up
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0, ckpt["scaler"]  # an enabled scaler's state
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -208,12 +210,27 @@ def test_fp16_with_a_grad_scaler(script, mnist_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------- 3. Divergence
 
+def nan_from_call(monkeypatch, script: str, n: int):
+    """SCRIPT's g_loss returns NaN from its n-th call on (a simulated divergence), for a run in this process (as
+    tests/ddp_probe.py's PROBE_NAN_AFTER does for a new process)."""
+    module = importlib.import_module(script)
+    g_loss, calls = module.g_loss, [0]
+
+    def nan_g_loss(*args, **kwargs):
+        calls[0] += 1
+        loss = g_loss(*args, **kwargs)
+        return loss * float("nan") if calls[0] >= n else loss
+
+    monkeypatch.setattr(module, "g_loss", nan_g_loss)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_nan_loss_stops_with_status_2_and_keeps_last_good_checkpoint(script, mnist_dir, tmp_path):
-    """g_loss turns NaN at step 5 (the probe); checks every step find it there; the step-4 checkpoint stays."""
+def test_nan_loss_stops_with_status_2_and_keeps_last_good_checkpoint(script, mnist_dir, tmp_path, monkeypatch):
+    """g_loss turns NaN at step 5; checks every step find it there; the step-4 checkpoint stays."""
     out = tmp_path / "run"
-    proc = run_script(PROBE, script + ".py", *tiny(script, mnist_dir, "--steps", "8", "--log-every", "1",
-                      "--ckpt-every", "2", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "5"}, check=False)
+    nan_from_call(monkeypatch, script, 5)
+    proc = run_here(f"{script}.py", *tiny(script, mnist_dir, "--steps", "8", "--log-every", "1", "--ckpt-every", "2",
+                                          "--run-dir", out), threads=1, check=False)
     assert_user_error(proc, "g_loss is nan", "at step 5", "diverged")
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] == 4 and ckpt["script"] == script
@@ -222,11 +239,12 @@ def test_nan_loss_stops_with_status_2_and_keeps_last_good_checkpoint(script, mni
     assert not list(out.glob("*.tmp"))
 
 
-def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnist_dir, tmp_path):
+def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnist_dir, tmp_path, monkeypatch):
     """Losses are not read between log steps; the check before each checkpoint still keeps NaN out of it."""
     out = tmp_path / "run"
-    proc = run_script(PROBE, "dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "9", "--log-every", "100",
-                      "--ckpt-every", "3", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "4"}, check=False)
+    nan_from_call(monkeypatch, "dcgan", 4)
+    proc = run_here("dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "9", "--log-every", "100", "--ckpt-every", "3",
+                                      "--run-dir", out), threads=1, check=False)
     assert_user_error(proc, "at step 6")
     assert load(out / "checkpoint.pt")["step"] == 3
     assert "from step 3 to 5" in run("dcgan", "--resume", out, "--steps", "5").stdout  # without the NaN it trains on
@@ -235,12 +253,13 @@ def test_nan_found_at_a_checkpoint_step_keeps_the_one_before_and_it_resumes(mnis
 
 
 @pytest.mark.slow
-def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp_path):
+def test_fp16_overflow_is_skipped_but_a_lasting_nan_stops_the_run(mnist_dir, tmp_path, monkeypatch):
     """Under fp16 the GradScaler skips steps whose gradients overflow (and halves its scale), so a non-finite
     loss is tolerated while the scale is >= 1; a loss that stays NaN collapses the scale and stops the run."""
     out = tmp_path / "run"
-    proc = run_script(PROBE, "dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "60", "--log-every", "1", "--amp", "fp16",
-                      "--ckpt-every", "2", "--run-dir", out), env={**ENV, "PROBE_NAN_AFTER": "5"}, check=False)
+    nan_from_call(monkeypatch, "dcgan", 5)
+    proc = run_here("dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "60", "--log-every", "1", "--amp", "fp16",
+                                      "--ckpt-every", "2", "--run-dir", out), threads=1, check=False)
     line = assert_user_error(proc, "g_loss is nan", "diverged")
     step = int(line.split("at step ")[1].split()[0])
     # The scale (2**16) halves at most once a step, so it cannot fall below 1 before step 17; every NaN step from step 5
