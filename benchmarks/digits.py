@@ -98,12 +98,17 @@ class DigitJudge:
         path = folder / "cache" / f"digit_classifier_{size}.pt"
         held_out, held_labels = read_mnist_split(folder, False, size)
         net = Classifier(size)
-        if path.exists() and (saved := torch.load(path, weights_only=False)).get("source") == source and saved.get("steps") == steps:
+        key = {"source": source, "steps": steps, "seed": seed}
+        saved = torch.load(path, weights_only=False) if path.exists() else {}
+        if all(saved.get(k) == v for k, v in key.items()):
             net.load_state_dict(saved["net"])
             return cls(net, size, held_out, held_labels)
         x, y = read_mnist_split(folder, True, size)
         with torch.random.fork_rng():
+            # The initial weights from the seed too: torch seeds each new process at random, so a judge initialised
+            # before this point differed from run to run (and from a test worker to a plain process).
             torch.manual_seed(seed)
+            net = Classifier(size)
             opt = torch.optim.Adam(net.parameters(), 1e-3)
             net.train()
             for step in range(steps):
@@ -115,7 +120,7 @@ class DigitJudge:
                 opt.step()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), "source": source, "steps": steps}, tmp)
+        torch.save({"net": net.state_dict(), **key}, tmp)
         tmp.replace(path)
         judge = cls(net, size, held_out, held_labels)
         if verbose:

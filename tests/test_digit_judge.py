@@ -41,3 +41,17 @@ def test_noise_blank_collapsed_and_blurred_sets_fail(real_digits, digit_judge):
         assert not digits_pass(s), (name, s)
     assert digit_judge.score(cases["one class"])["covered"] == 1
     assert digit_judge.score(cases["three classes"])["covered"] == 3
+
+
+def test_the_judge_is_the_same_whatever_the_random_state(real_digits, tmp_path):
+    """Trained from the seed alone (initial weights included): a test worker, the runner and a plain process train the
+    same judge from the same files, so a learning test's classes do not depend on where its judge was trained."""
+    import shutil
+    from benchmarks.digits import DigitJudge
+    nets = []
+    for state in (1, 2):
+        folder = tmp_path / str(state)
+        shutil.copytree(real_digits / "MNIST", folder / "MNIST")  # copy2: the same file times, the cache's key
+        torch.manual_seed(state)  # whatever ran before in this process
+        nets.append(DigitJudge.load(folder, size=16, steps=3, verbose=False).net.state_dict())
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
