@@ -211,8 +211,7 @@ def test_fp16_with_a_grad_scaler(script, mnist_dir, tmp_path):
 # --------------------------------------------------------------------------------------- 3. Divergence
 
 def nan_from_call(monkeypatch, script: str, n: int):
-    """SCRIPT's g_loss returns NaN from its n-th call on (a simulated divergence), for a run in this process (as
-    tests/ddp_probe.py's PROBE_NAN_AFTER does for a new process)."""
+    """SCRIPT's g_loss returns NaN from its n-th call on (a simulated divergence), for a run in this process."""
     module = importlib.import_module(script)
     g_loss, calls = module.g_loss, [0]
 
