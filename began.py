@@ -28,8 +28,9 @@ on the device; when a window's mean has not improved on the best by 1% for more 
 --lr-patience windows in a row, both learning rates are halved.
 Differences from the paper: batches drawn with replacement; no skip connections (the paper's
 optional "vanishing residuals"; h0 concatenated after each upsampling lost k_t in the learning
-test's run). Initialisation (the paper gives none): PyTorch's defaults; the official code's TF-slim defaults (Xavier-uniform weights, zero biases) lost k_t by step 500 and
-covered no class in the 16x16 learning-test run (PyTorch's: five).
+test's run). Initialisation (the paper gives none): PyTorch's defaults; the official code's
+TF-slim defaults (Xavier-uniform weights, zero biases) lost k_t by step 500 and covered no class
+in the 16x16 learning-test run (PyTorch's: five).
 Short runs (--k-init, --beta1, --lr): on digits L(G(z)) > gamma * L(x) from the start, so k_t
 is pulled to 0 within a few hundred steps; with k_t = 0, D only autoencodes real images and G
 settles on what D reconstructs well. Measured on real digits (width 16, batch 16): at 16x16 and
