@@ -29,13 +29,14 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
 
 def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    window = ["--lr-window", "2", "--lr-patience", "0"]  # the lr schedule and its window sum must resume too
+    window = ["--lr-window", "2", "--lr-patience", "0", "--lr-g", "2e-4"]  # lr schedule and window sum resume
     run_here("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "6", "--run-dir", a)
     run_here("began.py", *TINY, *window, "--data-dir", mnist_dir, "--steps", "3", "--run-dir", b)
     assert "from step 3 to 6" in run_script("began.py", "--resume", b, "--steps", "6").stdout
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (a, b))
     assert cb["step"] == 6 and torch.equal(ca["k"], cb["k"]) and torch.equal(ca["m_sum"], cb["m_sum"])
-    assert ca["opt_g"]["param_groups"][0]["lr"] == cb["opt_g"]["param_groups"][0]["lr"] < 1e-4  # it was halved
+    lr_g, lr_d = cb["opt_g"]["param_groups"][0]["lr"], cb["opt_d"]["param_groups"][0]["lr"]
+    assert ca["opt_g"]["param_groups"][0]["lr"] == lr_g == 2 * lr_d and lr_d < 1e-4  # both halved, G's from --lr-g
     for key in ("G", "D"):
         for name in ca[key]:
             assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name} differs after resume"
@@ -126,7 +127,8 @@ def test_learns_the_digits(real_digits, digit_judge, tmp_path):
     """After 4000 steps on real handwritten digits the samples cover at least 6 of the 10 classes with
     confident samples; the untrained G does not, nor does a collapsed one (with k_0 = 0, one or two classes:
     see the header). BEGAN does not reach the other scripts' 8 classes (issue #8 is open for it). With these
-    settings (k_0 = 0.5, gamma 0.7, Adam beta1 0.5: the CPU recipe's; paper: 0, 0.5, 0.9), one thread, 300
+    settings (k_0 = 0.5, gamma 0.7, Adam beta1 0.5: the CPU recipe's; paper: 0, 0.5, 0.9; the recipe's G lr of
+    2e-4 is left out: at 16x16 it gave seed 1 four classes), one thread, 300
     samples and the judge as it is trained now (from its seed alone, the same in every process), seeds 1-4 gave 7, 6,
     6, 7 classes (confident 0s only in seed 4's: 10 of 300). At 2000 steps seeds 1 and 2 gave 3 and 1 (seed 2
     collapsed onto 8s; scored by a judge of its own, as each process trained one before). The bar was 5 while the
