@@ -44,11 +44,11 @@ blobs), gamma 1 lost k_t by step 1,000, and the 16x16 test run six classes. Sinc
 together (the official order; before, G read D after its update), one 4,000-step run each at 32x32:
 lr 3e-4 five classes, the paper's lr 1e-4 eight (k_t 0.5 -> 0.16; the recipe since), and with lr
 1e-4 gamma 0.5 or 0.9 four; an EMA of G, k_0 = 0.8, width 24, batch 64 or the lr halving on 500-step windows
-gave five to seven (benchmarks/RESULTS.md). G's lr at twice D's
-(--lr-g 2e-4: the recipe now; 3e-4 collapsed onto 1s) kept k_t near 0.3 and gave seven and eight classes for
-seeds 0 and 1 (FD 478, 444). What still loses k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without
-bound while fakes are easy to tell (mean |D(G(z))| 177 at step 140 in one run), and k_t drains to 0 within a few
-steps (seed 2 of 0-2 at --lr-g 2e-4, seed 3 of 0-3 at one lr). The defaults stay the paper's.
+gave five to seven (benchmarks/RESULTS.md). G's lr at twice D's (--lr-g 2e-4: the recipe now; 3e-4 collapsed
+onto 1s) kept k_t near 0.3 and gave seven and eight classes for seeds 0 and 1 (FD 478, 444). What still loses
+k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without bound while fakes are easy to tell (mean
+|D(G(z))| 177 at step 140 in one run), and k_t drains to 0 within a few steps (seed 2 of 0-2 at --lr-g 2e-4,
+seed 3 of 0-3 at one lr). The defaults stay the paper's.
 """
 import copy
 import dataclasses
