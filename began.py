@@ -49,9 +49,9 @@ onto 1s) kept k_t near 0.3 and gave seven and eight classes for seeds 0 and 1 (F
 k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without bound while fakes are easy to tell (mean
 |D(G(z))| 177 at step 140 in one run), and k_t drains to 0 within a few steps (seed 2 of 0-2 at --lr-g 2e-4,
 seed 3 of 0-3 at one lr). Neither k_0 = 0.3 (six and four classes) nor gamma 0.9 or 1 (seven) nor a longer run (seeds
-0 and 1 resumed to 7,000 steps: five and six; the classes G draws drift as it trains) covered more, nor did EBGAN's
-pulling-away term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved to a quarter of G's
-(six) or batch 64 (six). The defaults stay the paper's.
+0 and 1 resumed to 7,000 steps: five and six; the classes G draws drift as it trains) covered more, nor did
+EBGAN's pulling-away term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved
+to a quarter of G's (six) or batch 64 (six). The defaults stay the paper's.
 """
 import copy
 import dataclasses
