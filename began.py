@@ -51,7 +51,8 @@ k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without bound while fa
 seed 3 of 0-3 at one lr). Neither k_0 = 0.3 (six and four classes) nor gamma 0.9 or 1 (seven) nor a longer run (seeds
 0 and 1 resumed to 7,000 steps: five and six; the classes G draws drift as it trains) covered more, nor did
 EBGAN's pulling-away term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved
-to a quarter of G's (six) or batch 64 (six). The defaults stay the paper's.
+to a quarter of G's (six) or batch 64 (six), nor k_t held at 0.5 by lambda_k = 0 or a clip at 0.5 (seeds 0 and 1: nine
+and seven; seed 2 never recovered from its spike). The defaults stay the paper's.
 """
 import copy
 import dataclasses
