@@ -5,14 +5,17 @@ sub-folder is the class), and the 2-D toy sets ring8 and grid25. Preprocessing: 
 digits and CIFAR-10 are resized to the training size; CelebA (aligned 178x218 images) is
 centre-cropped to 178x178 and resized; folder images are centre-cropped to a square and resized.
 The decoded tensor is cached as DATA_DIR/cache/<name>_<size>.pt, keyed by the source files' names, sizes
-and mtimes (a changed source is decoded again). Batches are drawn by random
+and mtimes (a changed source is decoded again). Fashion-MNIST is also read from Debian's
+dataset-fashion-mnist package, unpacked once into DATA_DIR/FashionMNIST/raw. Batches are drawn by random
 index on the device (with replacement), so no DataLoader and no per-image Python work runs in
 the training loop.
 """
 import concurrent.futures
+import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,8 @@ IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 GPU_BUDGET = 0.3  # share of free GPU memory the dataset may take before it stays in pinned host memory
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist; tests monkeypatch it
 
 
 def progress(done: int, total: int, what: str, start: float):
@@ -184,6 +189,28 @@ def _source_files(name: str, data_dir: Path):
     return folder, sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
+def fashion_mnist_dir(data_dir) -> Path | None:
+    """DATA_DIR with FashionMNIST/raw holding the four idx files, unpacked from Debian's gzip files if missing; None
+    if neither is there. Debian recompressed them, so torchvision's md5 check would reject the .gz and download."""
+    raw = Path(data_dir) / "FashionMNIST" / "raw"
+    missing = [f for f in IDX_FILES if not (raw / f).is_file()]
+    if missing and not all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in IDX_FILES):
+        return None
+    for f in missing:  # written aside, then renamed: a killed run leaves no half file under the real name
+        tmp = raw / f".{f}.{os.getpid()}.tmp"
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, raw / f)
+        except (OSError, EOFError) as e:  # an unwritable DATA_DIR, a full disk, a damaged package
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"could not unpack {DEBIAN_FASHION_MNIST / f}.gz into {raw} ({e})") from None
+    if missing:
+        print(f"fashion_mnist: unpacked {len(missing)} files from {DEBIAN_FASHION_MNIST} into {raw}", file=sys.stderr)
+    return Path(data_dir)
+
+
 def _source_key(root: Path, files, prefix: str = "") -> str:
     """A short digest of the files' names, sizes and mtimes: any replaced, added or missing file changes it."""
     listing = "\n".join(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in [p.stat()])
@@ -204,13 +231,16 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def _read_mnist(name: str, data_dir: Path, size: int):
     import torchvision
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    if name == "fashion_mnist":
+        fashion_mnist_dir(data_dir)
     try:
         ds = cls(str(data_dir), train=True, download=True)
     except Exception as e:  # no network, a broken mirror, a half-written file
         why = " ".join(str(e).split())[:300]  # torchvision's message spans lines: keep the error to one
         raise UserError(f"{name} is not in {data_dir / cls.__name__ / 'raw'} and could not be downloaded ({why}). "
-                        f"Put the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                        f"t10k-labels-idx1-ubyte) there, or run once with network access.") from None
+                        f"Put the four idx files ({', '.join(IDX_FILES)}) there, "
+                        + ("run `apt-get install dataset-fashion-mnist` (Debian, Ubuntu), " if name == "fashion_mnist" else "")
+                        + "or run once with network access.") from None
     return _resize(ds.data.unsqueeze(1), size), ds.targets.long(), list(ds.classes)
 
 
