@@ -1,13 +1,18 @@
-"""common/data.py: the decoded cache follows its source files, 16-bit PNGs, symlinked class folders."""
+"""common/data.py: the decoded cache follows its source files, 16-bit PNGs, symlinked class folders, Fashion-MNIST
+from Debian's package."""
+import gzip
 import os
+import shutil
 import struct
 
 import numpy as np
+import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from common import data
-from helpers import write_celeba, write_image_folder, write_mnist
+from helpers import assert_user_error, digit_images, run_in_process, write_celeba, write_image_folder, write_mnist
 
 CPU = torch.device("cpu")
 
@@ -55,3 +60,59 @@ def test_symlinked_class_folder_is_listed_and_loops_end(tmp_path):
     ds = data.load(str(root), str(tmp_path / "d"), 8, CPU)
     assert len(ds) == 9 and ds.classes == ["cats", "dogs"]
     assert ds.labels.tolist() == [0] * 4 + [1] * 5
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """torchvision finds no mirror: a test passes only by the files on disk, with or without a network."""
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [])
+
+
+def _debian_fashion_mnist(folder, n=30):
+    """What `apt-get install dataset-fashion-mnist` leaves: the four idx files gzipped, side by side."""
+    write_mnist(folder, name="src", n=n)
+    for f in data.IDX_FILES:
+        (folder / f"{f}.gz").write_bytes(gzip.compress((folder / "src" / "raw" / f).read_bytes()))
+    shutil.rmtree(folder / "src")
+    return folder
+
+
+def test_fashion_mnist_is_unpacked_once_from_debians_package(tmp_path, monkeypatch, capsys, no_download):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", _debian_fashion_mnist(tmp_path / "debian"))
+    ds = data.load("fashion_mnist", str(tmp_path / "d"), 28, CPU)
+    assert capsys.readouterr().err.count("unpacked 4 files") == 1
+    _, labels = digit_images(30, seed=len("train"))
+    assert ds.images.shape == (30, 1, 28, 28) and torch.equal(ds.labels, torch.from_numpy(labels).long())
+    assert ds.classes[0] == "T-shirt/top"
+    raw = tmp_path / "d" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data.IDX_FILES)  # and no temporary file left
+    mtimes = [(raw / f).stat().st_mtime_ns for f in data.IDX_FILES]
+    assert len(data.load("fashion_mnist", str(tmp_path / "d"), 16, CPU)) == 30  # another size: read from raw again
+    assert data.fashion_mnist_dir(tmp_path / "d") == tmp_path / "d"
+    assert "unpacked" not in capsys.readouterr().err
+    assert [(raw / f).stat().st_mtime_ns for f in data.IDX_FILES] == mtimes
+
+
+def test_an_interrupted_unpack_leaves_no_half_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", _debian_fashion_mnist(tmp_path / "debian"))
+
+    def killed(src, dst, length):
+        dst.write(src.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", killed)
+    with pytest.raises(KeyboardInterrupt):
+        data.fashion_mnist_dir(tmp_path / "d")
+    assert not any((tmp_path / "d" / "FashionMNIST" / "raw" / f).exists() for f in data.IDX_FILES)
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    assert data.fashion_mnist_dir(tmp_path / "d") == tmp_path / "d"
+    assert (tmp_path / "d" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 16 + 30 * 28 * 28
+
+
+def test_fashion_mnist_without_debians_package_is_a_one_line_error(tmp_path, monkeypatch, no_download):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    assert data.fashion_mnist_dir(tmp_path / "d") is None
+    proc = run_in_process("dcgan.py", "--dataset", "fashion_mnist", "--data-dir", tmp_path / "d", "--device", "cpu",
+                          "--steps", 1, "--run-dir", tmp_path / "run")
+    assert_user_error(proc, "could not be downloaded", "apt-get install dataset-fashion-mnist")
