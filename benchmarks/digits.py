@@ -48,10 +48,40 @@ def write_sklearn_digits(folder: Path, test: int = 297, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def read_mnist_split(folder: Path, train: bool, size: int):
-    """An MNIST split of FOLDER (torchvision's layout, no download) at `size`, in [-1, 1], and its labels."""
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # --dataset name: torchvision class and folder
+
+
+def write_fashion_mnist_subset(folder: Path, train: int = 5000, test: int = 1000, source: Path = None,
+                               seed: int = 0) -> Path:
+    """A fixed random subset of the real Fashion-MNIST (`train` of the 60,000 training images, `test` of the 10,000
+    test images) from the four gzip idx files in SOURCE, written as FOLDER/FashionMNIST/raw/ in torchvision's
+    layout. Returns FOLDER."""
+    import gzip
+    from common import data
+    source = source or data.DEBIAN_FASHION_MNIST
+    raw = Path(folder) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("t10k", test)):
+        images = np.frombuffer(gzip.open(source / f"{split}-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+        labels = np.frombuffer(gzip.open(source / f"{split}-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+        idx = np.sort(rng.choice(len(labels), n, replace=False))
+        x, y = images.reshape(-1, 28, 28)[idx], labels[idx]
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + x.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + y.tobytes())
+    return Path(folder)
+
+
+def dataset_in(folder: Path) -> str:
+    """The --dataset name of the MNIST-layout set in FOLDER: fashion_mnist if it holds FashionMNIST/raw, else mnist."""
+    return "fashion_mnist" if (Path(folder) / "FashionMNIST" / "raw").is_dir() else "mnist"
+
+
+def read_mnist_split(folder: Path, train: bool, size: int, dataset: str = "mnist"):
+    """A split of FOLDER's MNIST or Fashion-MNIST (torchvision's layout, no download) at `size`, in [-1, 1], and its
+    labels."""
     import torchvision
-    ds = torchvision.datasets.MNIST(str(folder), train=train, download=False)
+    ds = getattr(torchvision.datasets, DATASETS[dataset])(str(folder), train=train, download=False)
     x = ds.data.unsqueeze(1).float()
     if size != x.shape[-1]:  # as common.data resizes the training images
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255)
@@ -89,21 +119,22 @@ class DigitJudge:
         self.mu, self.sigma = _stats(self.features(held_out))
 
     @classmethod
-    def load(cls, folder, size: int, steps: int = 3000, seed: int = 0, verbose: bool = True):
-        """The judge for FOLDER's MNIST digits at `size`: trained on the training split once and cached as
-        FOLDER/cache/digit_classifier_<size>.pt, keyed by the split's files (new files, new classifier)."""
+    def load(cls, folder, size: int, steps: int = 3000, seed: int = 0, verbose: bool = True, dataset: str = "mnist"):
+        """The judge for FOLDER's MNIST (or Fashion-MNIST) at `size`: trained on the training split once and cached
+        as FOLDER/cache/digit_classifier_<size>.pt (fashion_mnist_classifier_<size>.pt), keyed by the split's files
+        (new files, new classifier)."""
         folder = Path(folder)
-        raw = folder / "MNIST" / "raw"
+        raw = folder / DATASETS[dataset] / "raw"
         source = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in raw.iterdir() if p.is_file())
-        path = folder / "cache" / f"digit_classifier_{size}.pt"
-        held_out, held_labels = read_mnist_split(folder, False, size)
+        path = folder / "cache" / f"{'digit' if dataset == 'mnist' else dataset}_classifier_{size}.pt"
+        held_out, held_labels = read_mnist_split(folder, False, size, dataset)
         net = Classifier(size)
         key = {"source": source, "steps": steps, "seed": seed}
         saved = torch.load(path, weights_only=False) if path.exists() else {}
         if all(saved.get(k) == v for k, v in key.items()):
             net.load_state_dict(saved["net"])
             return cls(net, size, held_out, held_labels)
-        x, y = read_mnist_split(folder, True, size)
+        x, y = read_mnist_split(folder, True, size, dataset)
         with torch.random.fork_rng():
             # The initial weights from the seed too: torch seeds each new process at random, so a judge initialised
             # before this point differed from run to run (and from a test worker to a plain process).
@@ -124,8 +155,8 @@ class DigitJudge:
         tmp.replace(path)
         judge = cls(net, size, held_out, held_labels)
         if verbose:
-            print(f"digit classifier trained on {len(x)} digits at {size}x{size}: {judge.accuracy:.1%} on the "
-                  f"{len(held_out)} held-out digits")
+            print(f"{dataset} classifier trained on {len(x)} images at {size}x{size}: {judge.accuracy:.1%} on the "
+                  f"{len(held_out)} held-out images")
         return judge
 
     @torch.no_grad()

@@ -1,14 +1,19 @@
-"""Run the CPU recipes of benchmarks/cpu_recipes.txt on MNIST and score what each one learned.
+"""Run the CPU recipes of benchmarks/cpu_recipes.txt on Fashion-MNIST (or MNIST) and score what each one learned.
 
-    python -m benchmarks.recipes --data-dir data                      # all ten, on the MNIST files in data/MNIST/raw
-    python -m benchmarks.recipes --data-dir data --scripts dcgan,cgan
-    python -m benchmarks.recipes --data-dir /tmp/digits --sklearn-digits   # no MNIST: scikit-learn's digits in its layout
+    python -m benchmarks.recipes --data-dir data --fid-weights W.pth                 # all ten, one after another
+    python -m benchmarks.recipes --data-dir data --fid-weights W.pth --scripts dcgan,cgan --seed 1
+    python -m benchmarks.recipes --data-dir data --jobs 2        # two at a time, one torch thread each
+    python -m benchmarks.recipes --data-dir /tmp/digits --dataset mnist --sklearn-digits   # scikit-learn's toy digits
 
-Each recipe runs as a user would run it (`python SCRIPT.py --dataset mnist --data-dir DIR --device cpu
---run-dir RUNS/SCRIPT --export 1000 FLAGS`), timed from start to exit, one at a time. Its 1,000 exported
-samples are scored by benchmarks.digits.DigitJudge at 32x32 (a classifier trained on DIR's training split,
-held-out split for the reference): Frechet distance in the classifier's features, classes covered, the
-share of confident samples, and for cgan.py the share classified as the label they were generated for.
+Each recipe runs as a user would run it (`python SCRIPT.py --dataset fashion_mnist --data-dir DIR --device cpu
+--run-dir RUNS/SCRIPT --export 2000 FLAGS`), timed from start to exit. Its exported samples are scored two ways:
+- by benchmarks.digits.DigitJudge at 32x32, a small classifier of ours trained on DIR's training split (the 60,000),
+  against the test split (the 10,000): Frechet distance in its features (FD), classes covered (a class counts when
+  2% of the samples are confidently called it), the share of confident samples, and for cgan.py the share
+  classified as the label they were generated for;
+- with the standard FID Inception network (`--fid-weights`; see the README's FID section for the offline route):
+  FID and KID against the first 2,000 test images, and precision and recall (k = 3).
+`--score-only` scores the runs already in RUNS_DIR without training.
 """
 import argparse
 import os
@@ -16,12 +21,14 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = Path(__file__).with_name("cpu_recipes.txt")
 SCRIPTS = ("minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite")
 LEFT_TO_THE_RUNNER = ("--dataset", "--data-dir", "--device", "--run-dir", "--export")
+REFERENCE = 2000  # test images the FID, KID and precision/recall are measured against
 
 
 def read_recipes(path: Path = RECIPES) -> dict:
@@ -41,36 +48,66 @@ def read_recipes(path: Path = RECIPES) -> dict:
     return recipes
 
 
-def command(script: str, flags, data_dir, run_dir, samples: int):
-    return [sys.executable, f"{script}.py", "--dataset", "mnist", "--data-dir", str(data_dir), "--device", "cpu",
-            "--run-dir", str(run_dir), "--export", str(samples), "--overwrite", *flags]
+def command(script: str, flags, data_dir, run_dir, samples: int, dataset: str = "fashion_mnist", seed=None):
+    seed_flags = [] if seed is None else ["--seed", str(seed)]
+    return [sys.executable, f"{script}.py", "--dataset", dataset, "--data-dir", str(data_dir), "--device", "cpu",
+            "--run-dir", str(run_dir), "--export", str(samples), "--overwrite", *flags, *seed_flags]
 
 
-def run_recipe(script: str, flags, data_dir: Path, run_dir: Path, samples: int):
+def run_recipe(script: str, flags, data_dir: Path, run_dir: Path, samples: int, dataset: str = "fashion_mnist",
+               seed=None, threads=None):
     """Run one recipe; return its wall-clock minutes. Its output goes to RUN_DIR.log."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = run_dir.with_suffix(".log")
+    env = {**os.environ, "WANDB_MODE": "offline", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.run(command(script, flags, data_dir, run_dir, samples), cwd=ROOT, stdout=out,
-                              stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "offline"})
+        proc = subprocess.run(command(script, flags, data_dir, run_dir, samples, dataset, seed), cwd=ROOT,
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
     minutes = (time.perf_counter() - start) / 60
     if proc.returncode != 0:
         raise RuntimeError(f"{script} failed ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:])
+    (run_dir / "minutes.txt").write_text(f"{minutes:.2f}\n")
     return minutes
+
+
+class InceptionScores:
+    """FID, KID, precision and recall of exported samples against the first REFERENCE test images."""
+
+    def __init__(self, weights: str, real):
+        from common import fid
+        self.fid = fid
+        self.net = fid.load_network(weights, "cpu")
+        self.real = fid.features(self.net, fid.quantize(real[:REFERENCE]))
+        self.mu, self.sigma = fid.statistics(self.real)
+
+    def score(self, images) -> dict:
+        fid = self.fid
+        fake = fid.features(self.net, fid.quantize(images))
+        kid, _ = fid.kid(self.real, fake)
+        precision, recall = fid.precision_recall(self.real[:len(fake)], fake)
+        return {"fid": fid.frechet_distance(*fid.statistics(fake), self.mu, self.sigma), "kid": kid,
+                "precision": precision, "recall": recall}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", required=True, help="holds MNIST/raw with the four idx files")
+    p.add_argument("--data-dir", required=True, help="holds FashionMNIST/raw (or MNIST/raw) with the four idx files")
+    p.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "mnist"))
     p.add_argument("--scripts", default=",".join(SCRIPTS), help="comma-separated script names (default: all ten)")
     p.add_argument("--recipes", default=str(RECIPES), help="the recipes file")
     p.add_argument("--runs-dir", default="runs/recipes", help="where each recipe's run directory and log go")
-    p.add_argument("--samples", type=int, default=1000, help="exported samples scored per recipe")
+    p.add_argument("--samples", type=int, default=2000, help="exported samples scored per recipe")
+    p.add_argument("--seed", type=int, default=None, help="--seed for every recipe (default: the scripts' own, 0)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="recipes run at once; with more than one, each gets one torch thread (the minutes then "
+                        "count a shared machine)")
+    p.add_argument("--fid-weights", default=None, help="FID Inception weights; without them no FID, KID, P/R")
+    p.add_argument("--score-only", action="store_true", help="score the runs in RUNS_DIR; train nothing")
     p.add_argument("--sklearn-digits", action="store_true",
                    help="first write scikit-learn's digits into DATA_DIR in MNIST's layout (needs scikit-learn)")
     args = p.parse_args(argv)
-    from benchmarks.digits import DigitJudge, load_export, write_sklearn_digits
+    from benchmarks.digits import DATASETS, DigitJudge, load_export, read_mnist_split, write_sklearn_digits
     data_dir, runs = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
     try:
         recipes = read_recipes(Path(args.recipes))
@@ -80,31 +117,52 @@ def main(argv=None):
     if missing := [s for s in names if s not in recipes]:
         p.error(f"no recipe for {', '.join(missing)} in {args.recipes}")
     if args.sklearn_digits:
+        if args.dataset != "mnist":
+            p.error("--sklearn-digits writes MNIST's layout: add --dataset mnist")
         write_sklearn_digits(data_dir)
-    if not (data_dir / "MNIST" / "raw").is_dir():
-        p.error(f"{data_dir / 'MNIST' / 'raw'} does not exist: put MNIST's four idx files there, or use --sklearn-digits")
-    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, {os.cpu_count()} cores, "
-          f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
-    judge = DigitJudge.load(data_dir, size=32)
-    from benchmarks.digits import read_mnist_split
-    real, real_labels = read_mnist_split(data_dir, True, 32)
-    rows = [("real training digits", 0.0, judge.score(real[:args.samples], real_labels[:args.samples]))]
-    for name in names:
+    raw = data_dir / DATASETS[args.dataset] / "raw"
+    if args.dataset == "fashion_mnist" and not raw.is_dir():  # Debian's package, unpacked into DATA_DIR once
+        from common.data import fashion_mnist_dir
+        fashion_mnist_dir(data_dir)
+    if not raw.is_dir():
+        p.error(f"{raw} does not exist: put the four idx files there")
+    if args.fid_weights and not Path(args.fid_weights).is_file():
+        p.error(f"--fid-weights {args.fid_weights} does not exist")
+    threads = 1 if args.jobs > 1 else None
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, {os.cpu_count()} cores, {args.jobs} "
+          f"recipe(s) at a time, torch threads {threads or os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
+
+    def train(name):
         print(f"{name}: {' '.join(recipes[name])}", flush=True)
-        minutes = run_recipe(name, recipes[name], data_dir, runs / name, args.samples)
+        minutes = run_recipe(name, recipes[name], data_dir, runs / name, args.samples, args.dataset, args.seed,
+                             threads)
+        print(f"  {name}: {minutes:.1f} min", flush=True)
+
+    if not args.score_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(train, names))
+    judge = DigitJudge.load(data_dir, size=32, dataset=args.dataset)
+    real, real_labels = read_mnist_split(data_dir, False, 32, args.dataset)
+    inception = InceptionScores(args.fid_weights, real) if args.fid_weights else None
+    held_out = slice(REFERENCE, REFERENCE + args.samples)  # test images outside the FID reference
+    rows = [("real test images", 0.0, real[held_out], real_labels[held_out])]
+    for name in names:
         images, labels = load_export(runs / name / "export")
+        rows.append((name, float((runs / name / "minutes.txt").read_text()), images, labels))
+    print(f"\n{args.dataset} classifier: {judge.accuracy:.1%} on the {len(real)} test images; a class is covered when "
+          f"2% of the samples are confident calls of it; confident = probability > 0.9. "
+          f"{args.samples} samples per row" + (f"; FID, KID and precision/recall against the first {REFERENCE} test "
+                                               "images (the real row: the next ones)" if inception else "") + "\n")
+    print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class "
+          "| FD (classifier) | matches its label |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, minutes, images, labels in rows:
         s = judge.score(images, labels)
-        rows.append((name, minutes, s))
-        print(f"  {minutes:.1f} min, FD {s['fd']:.1f}, {s['covered']} classes, {s['confident']:.0%} confident"
-              + (f", {s['label_acc']:.0%} match their labels" if "label_acc" in s else ""), flush=True)
-    print(f"\ndigit classifier: {judge.accuracy:.1%} on {data_dir}'s held-out split; a class is covered when "
-          f"2% of the samples are confident calls of it; confident = probability > 0.9\n")
-    print("| script | minutes | FD (classifier features) | classes covered | confident | smallest class | matches its label |")
-    print("|---|---|---|---|---|---|---|")
-    for name, minutes, s in rows:
-        label = f"{s['label_acc']:.0%}" if "label_acc" in s else "-"
-        print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {s['fd']:.1f} | {s['covered']}/10 | {s['confident']:.0%} | "
-              f"{min(s['class_share']):.1%} | {label} |")
+        i = inception.score(images) if inception else {}
+        fid = f"{i['fid']:.1f} | {1000 * i['kid']:.1f} | {i['precision']:.2f} | {i['recall']:.2f}" if i else "- | - | - | -"
+        label = f"{s['label_acc']:.0%}" if "label_acc" in s and name in SCRIPTS else "-"
+        print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {fid} | {s['covered']}/10 | "
+              f"{s['confident']:.0%} | {min(s['class_share']):.1%} | {s['fd']:.1f} | {label} |", flush=True)
 
 
 if __name__ == "__main__":

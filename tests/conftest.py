@@ -48,27 +48,33 @@ def exclusive(lock_file: Path):
 
 
 @pytest.fixture(scope="session")
-def real_digits(request, tmp_path_factory):
-    """scikit-learn's 1,797 real handwritten digits in MNIST's on-disk layout (1,500 train, 297 held out). Written
+def real_images(request, tmp_path_factory):
+    """The learning tests' real images in MNIST's on-disk layout: a fixed subset of the real Fashion-MNIST (5,000
+    training and 1,000 test images) when Debian's dataset-fashion-mnist is installed, else scikit-learn's 1,797
+    handwritten digits (1,500 train, 297 held out). benchmarks.digits.dataset_in(folder) names the --dataset. Written
     once into pytest's cache folder (.pytest_cache), keyed by benchmarks/digits.py's text: the workers and both tiers
-    share it and the judge cached in it (training it costs a worker about 45 s)."""
-    from benchmarks.digits import write_sklearn_digits
+    share it and the judge cached in it."""
+    from benchmarks.digits import write_fashion_mnist_subset, write_sklearn_digits
+    from common.data import DEBIAN_FASHION_MNIST
+    fashion = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
+    write = write_fashion_mnist_subset if fashion else write_sklearn_digits
     if getattr(request.config, "cache", None) is None:  # -p no:cacheprovider
-        return write_sklearn_digits(tmp_path_factory.mktemp("real_digits"))
+        return write(tmp_path_factory.mktemp("real_images"))
     key = hashlib.sha256((ROOT / "benchmarks" / "digits.py").read_bytes()).hexdigest()[:12]
-    folder = request.config.cache.mkdir(f"real_digits_{key}")
+    folder = request.config.cache.mkdir(f"real_{'fashion_mnist' if fashion else 'digits'}_{key}")
+    layout = "FashionMNIST" if fashion else "MNIST"
     with exclusive(folder / "lock"):
-        if not (folder / "MNIST").is_dir():  # written aside, then moved in: a killed worker leaves no half set
+        if not (folder / layout).is_dir():  # written aside, then moved in: a killed worker leaves no half set
             shutil.rmtree(folder / "partial", ignore_errors=True)
-            write_sklearn_digits(folder / "partial")
-            (folder / "partial" / "MNIST").rename(folder / "MNIST")
+            write(folder / "partial")
+            (folder / "partial" / layout).rename(folder / layout)
             shutil.rmtree(folder / "partial")
     return folder
 
 
 class JudgeOnFirstUse:
     """The learning tests' judge: benchmarks.digits' classifier at 16x16, trained on the training split of
-    `real_digits` (about 45 s on one thread) when first used, by the first worker that needs it, and cached; held-out
+    `real_images` (about 45 s on one thread) when first used, by the first worker that needs it, and cached; held-out
     split for its reference. On first use, not at set-up: a learning test trains its G first, so a second worker
     is not held up waiting for the first to train the judge."""
 
@@ -78,17 +84,18 @@ class JudgeOnFirstUse:
     def __getattr__(self, name):  # score, accuracy, ...: the judge's own
         if self.judge is None:
             import torch
-            from benchmarks.digits import DigitJudge
+            from benchmarks.digits import DigitJudge, dataset_in
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # the same judge, bit for bit, whichever run trains it (xdist workers or -n 0)
             try:
                 with exclusive(self.folder / "lock"):
-                    self.judge = DigitJudge.load(self.folder, size=16, steps=2000, verbose=False)
+                    self.judge = DigitJudge.load(self.folder, size=16, steps=2000, verbose=False,
+                                                 dataset=dataset_in(self.folder))
             finally:
                 torch.set_num_threads(threads)
         return getattr(self.judge, name)
 
 
 @pytest.fixture(scope="session")
-def digit_judge(real_digits):
-    return JudgeOnFirstUse(real_digits)
+def judge(real_images):
+    return JudgeOnFirstUse(real_images)

@@ -193,10 +193,11 @@ def assert_user_error(proc, *needles):
 
 def learned_digits(script: str, digits, judge, tmp_path: Path, steps: int, size: int = 32, extra=(),
                    samples: int = 300, untrained: bool = True):
-    """Train `script` for `steps` steps on the real digits of the `real_digits` fixture (scikit-learn's, in
-    MNIST's layout), export `samples` samples of it and, unless untrained=False, of the same G untrained
-    (--steps 0); score both with the `digit_judge` fixture. Returns {"trained": scores, "untrained": scores}."""
-    args = ["--dataset", "mnist", "--data-dir", digits, "--image-size", size, "--log-every", "500",
+    """Train `script` for `steps` steps on the real images of the `real_images` fixture (Fashion-MNIST's subset, or
+    scikit-learn's digits, in MNIST's layout), export `samples` samples of it and, unless untrained=False, of the same G untrained
+    (--steps 0); score both with the `judge` fixture. Returns {"trained": scores, "untrained": scores}."""
+    from benchmarks.digits import dataset_in
+    args = ["--dataset", dataset_in(digits), "--data-dir", digits, "--image-size", size, "--log-every", "500",
             "--sample-every", "0", "--ckpt-every", "0", "--export", samples, "--seed", "1", *extra]
     runs = ["untrained", "trained"] if untrained else ["trained"]
     if untrained:  # no step: in this process, without the interpreter start-up

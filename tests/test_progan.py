@@ -202,13 +202,13 @@ def test_compile_across_a_phase_change(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+def test_learns_the_digits(real_images, judge, tmp_path):
     """Grown to 16x16 (5 phases of 625 steps at batch 8, lr 3e-3 as the CPU recipe) on real handwritten digits, the
     EMA samples cover at least 8 of the 10 classes with confident samples. Measured with the judge as it is trained now
     (one thread, 300 samples): seeds 1 and 3 gave 10 and 10 classes (FD 58, 52), in 0.7 of the minutes of the test until
     now (800 steps a phase at the paper's lr 1e-3: seeds 1-3 gave 9, 9, 10, FD 81, 81, 82); at 500 steps a phase and
     lr 3e-3 seeds 1-4 gave 9, 10, 8, 10. (--steps 0 runs the whole schedule, so there is no untrained run here;
     tests/test_digit_judge.py shows that noise and blank images fail.)"""
-    assert_learns_digits("progan.py", real_digits, digit_judge, tmp_path, 0, size=16, untrained=False,
+    assert_learns_digits("progan.py", real_images, judge, tmp_path, 0, size=16, untrained=False,
                          extra=["--max-channels", "32", "--z-dim", "32", "--batch-size", "8", "--kimg-per-phase",
                                 "5", "--lr", "3e-3", "--ema-decay", "0.99"])

@@ -32,14 +32,14 @@ def test_ten_recipes_and_the_readme_agree():
     readme = readme_commands()
     assert sorted(readme) == sorted(SCRIPTS)
     for name, flags in recipes.items():
-        assert shlex.split(readme[name]) == ["python", f"{name}.py", "--dataset", "mnist", "--device", "cpu", *flags], name
+        assert shlex.split(readme[name]) == ["python", f"{name}.py", "--dataset", "fashion_mnist", "--device", "cpu", *flags], name
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_flag_is_accepted(name):
     from common.cli import parse_args
     module = importlib.import_module(name)
-    args, given = parse_args(module.Args, "recipe", ["--dataset", "mnist", *read_recipes()[name]])
+    args, given = parse_args(module.Args, "recipe", ["--dataset", "fashion_mnist", *read_recipes()[name]])
     assert given >= {"dataset", "steps"} or name == "progan"  # a recipe says how long it trains
 
 
@@ -59,29 +59,32 @@ def test_the_reader_refuses_what_the_runner_adds(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_every_recipe_starts(name, real_digits, tmp_path):
+def test_every_recipe_starts(name, real_images, tmp_path):
     """Each recipe passes its script's own checks (sizes, channel counts) and trains: one step, two exports."""
     steps = ["--steps", "1"] if name != "progan" else ["--kimg-per-phase", "0.016"]  # progan: the whole schedule, tiny
-    run_here(f"{name}.py", "--dataset", "mnist", "--data-dir", real_digits, "--device", "cpu",  # in this process
+    from benchmarks.digits import dataset_in
+    run_here(f"{name}.py", "--dataset", dataset_in(real_images), "--data-dir", real_images, "--device", "cpu",  # in this process
              "--run-dir", tmp_path / "r", "--export", "2", *read_recipes()[name], *steps, "--sample-every", "0")
     assert len(list((tmp_path / "r" / "export").glob("*.png"))) == 2
 
 
 @pytest.mark.slow
-def test_the_runner_prints_the_table(real_digits, tmp_path, capsys, monkeypatch):
+def test_the_runner_prints_the_table(real_images, tmp_path, capsys, monkeypatch):
     """The runner on a 20-step dcgan recipe: the table row is there, and a 20-step G covers few classes.
     Its judge trains for 600 steps here, not 3,000 (tests/test_digit_judge.py checks the judge itself)."""
-    from benchmarks.digits import DigitJudge
+    from benchmarks.digits import DigitJudge, dataset_in
     load = DigitJudge.load.__func__
-    monkeypatch.setattr(DigitJudge, "load", classmethod(lambda cls, folder, size: load(cls, folder, size, steps=600)))
+    monkeypatch.setattr(DigitJudge, "load", classmethod(lambda cls, folder, size, dataset: load(
+        cls, folder, size, steps=600, dataset=dataset)))
     (tmp_path / "r.txt").write_text("# tiny\ndcgan.py --image-size 32 --width 8 --batch-size 16 --steps 20\n")
-    run_recipes(["--data-dir", str(real_digits), "--scripts", "dcgan", "--recipes", str(tmp_path / "r.txt"),
-                 "--runs-dir", str(tmp_path / "runs"), "--samples", "200"])
+    run_recipes(["--data-dir", str(real_images), "--dataset", dataset_in(real_images), "--scripts", "dcgan",
+                 "--recipes", str(tmp_path / "r.txt"), "--runs-dir", str(tmp_path / "runs"), "--samples", "200"])
     out = capsys.readouterr().out
     print(out)
-    assert "| real training digits | 0.0 |" in out and "| 10/10 |" in out
+    real = next(line for line in out.splitlines() if line.startswith("| real test images | 0.0 |"))
+    assert real.split("|")[7].strip() == "10/10"
     row = next(line for line in out.splitlines() if line.startswith("| dcgan.py |"))
-    assert int(row.split("|")[4].split("/")[0]) < 8
+    assert int(row.split("|")[7].split("/")[0]) < 8
     assert (tmp_path / "runs" / "dcgan" / "export").is_dir()
 
 
@@ -91,5 +94,6 @@ def test_the_runner_says_what_is_missing(tmp_path, capsys):
     assert e.value.code == 2 and "none.txt" in capsys.readouterr().err
     (tmp_path / "r.txt").write_text("dcgan.py --steps 1\n")
     with pytest.raises(SystemExit):
-        run_recipes(["--data-dir", str(tmp_path), "--recipes", str(tmp_path / "r.txt"), "--scripts", "dcgan"])
+        run_recipes(["--data-dir", str(tmp_path), "--recipes", str(tmp_path / "r.txt"), "--scripts", "dcgan",
+                     "--dataset", "mnist"])
     assert "MNIST" in capsys.readouterr().err

@@ -137,11 +137,11 @@ def test_bf16_autocast(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+def test_learns_the_digits(real_images, judge, tmp_path):
     """After 1000 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not. At the paper's two learning rates. Measured with the judge as it is
     trained now (one thread, 300 samples), seeds 1-4: 9, 8, 10, 9 classes, 53, 61, 51, 48% confident, FD 115, 131, 99,
     113. Width 8: 1.5 minutes where width 16 (seed 1: 9 classes, 56% confident, FD 80) took 2.2, two such runs side by
     side."""
-    assert_learns_digits("sagan.py", real_digits, digit_judge, tmp_path, 1000, size=16,
+    assert_learns_digits("sagan.py", real_images, judge, tmp_path, 1000, size=16,
                          extra=["--width", "8", "--batch-size", "32", "--attn-res", "8"])

@@ -90,10 +90,10 @@ def test_compile(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_learns_the_digits(real_digits, digit_judge, tmp_path):
+def test_learns_the_digits(real_images, judge, tmp_path):
     """After 600 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not.
     Measured (seed 1, one thread): 9 classes, 53% confident, FD 107 (untrained: 0). Width 16, lr 1e-3 (paper:
     5e-5) and no critic bursts, so that weight clipping moves within a CPU minute."""
-    assert_learns_digits("wgan.py", real_digits, digit_judge, tmp_path, 600,
+    assert_learns_digits("wgan.py", real_images, judge, tmp_path, 600,
                          extra=["--width", "16", "--batch-size", "32", "--lr", "1e-3", "--no-critic-burst"])
