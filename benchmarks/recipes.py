@@ -150,7 +150,7 @@ def main(argv=None):
         images, labels = load_export(runs / name / "export")
         rows.append((name, float((runs / name / "minutes.txt").read_text()), images, labels))
     print(f"\n{args.dataset} classifier: {judge.accuracy:.1%} on the {len(real)} test images; a class is covered when "
-          f"2% of the samples are confident calls of it; confident = probability > 0.9. "
+          f"2% of the samples are confident calls of it; confident = probability > {judge.confident}. "
           f"{args.samples} samples per row" + (f"; FID, KID and precision/recall against the first {REFERENCE} test "
                                                "images (the real row: the next ones)" if inception else "") + "\n")
     print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class "

@@ -30,11 +30,13 @@ def test_real_digits_pass_and_follow_their_labels(real_images, judge):
 def test_noise_blank_collapsed_and_blurred_sets_fail(real_images, judge):
     x, y = held_out(real_images)
     g = torch.Generator().manual_seed(0)
+    # classes that do not look alike: digits 0, 1, 7; trousers, sneakers, bags (Fashion-MNIST's dresses pass for coats)
+    three = (1, 7, 8) if dataset_in(real_images) == "fashion_mnist" else (0, 1, 7)
     cases = {
         "uniform noise": torch.rand(300, 1, 16, 16, generator=g) * 2 - 1,
         "blank": torch.full((300, 1, 16, 16), -1.0),
-        "one class": x[y == 3][:30].repeat(10, 1, 1, 1),
-        "three classes": x[(y == 0) | (y == 1) | (y == 7)],
+        "one class": x[y == 1][:30].repeat(10, 1, 1, 1),
+        "three classes": x[sum(y == c for c in three).bool()],
         "blurred": F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False),
     }
     for name, images in cases.items():
