@@ -12,7 +12,7 @@ Each recipe runs as a user would run it (`python SCRIPT.py --dataset fashion_mni
   2% of the samples are confidently called it), the share of confident samples, and for cgan.py the share
   classified as the label they were generated for;
 - with the standard FID Inception network (`--fid-weights`; see the README's FID section for the offline route):
-  FID and KID against the first 2,000 test images, and precision and recall (k = 3).
+  FID and KID against as many test images as samples (the first 2,000 by default), and precision and recall (k = 3).
 `--score-only` scores the runs already in RUNS_DIR without training.
 """
 import argparse
@@ -24,11 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = Path(__file__).with_name("cpu_recipes.txt")
 SCRIPTS = ("minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite")
 LEFT_TO_THE_RUNNER = ("--dataset", "--data-dir", "--device", "--run-dir", "--export")
-REFERENCE = 2000  # test images the FID, KID and precision/recall are measured against
 
 
 def read_recipes(path: Path = RECIPES) -> dict:
@@ -72,13 +73,13 @@ def run_recipe(script: str, flags, data_dir: Path, run_dir: Path, samples: int, 
 
 
 class InceptionScores:
-    """FID, KID, precision and recall of exported samples against the first REFERENCE test images."""
+    """FID, KID, precision and recall of exported samples against real images (the first test images)."""
 
     def __init__(self, weights: str, real):
         from common import fid
         self.fid = fid
         self.net = fid.load_network(weights, "cpu")
-        self.real = fid.features(self.net, fid.quantize(real[:REFERENCE]))
+        self.real = fid.features(self.net, fid.quantize(real))
         self.mu, self.sigma = fid.statistics(self.real)
 
     def score(self, images) -> dict:
@@ -143,16 +144,20 @@ def main(argv=None):
             list(pool.map(train, names))
     judge = DigitJudge.load(data_dir, size=32, dataset=args.dataset)
     real, real_labels = read_mnist_split(data_dir, False, 32, args.dataset)
-    inception = InceptionScores(args.fid_weights, real) if args.fid_weights else None
-    held_out = slice(REFERENCE, REFERENCE + args.samples)  # test images outside the FID reference
-    rows = [("real test images", 0.0, real[held_out], real_labels[held_out])]
+    n = args.samples
+    inception = InceptionScores(args.fid_weights, real[:n]) if args.fid_weights else None
+    rows = [("real test images", 0.0, real[n:2 * n], real_labels[n:2 * n])]  # outside the FID reference
     for name in names:
         images, labels = load_export(runs / name / "export")
-        rows.append((name, float((runs / name / "minutes.txt").read_text()), images, labels))
+        if len(images) < n:
+            p.error(f"{runs / name / 'export'} holds {len(images)} images, fewer than --samples {n}")
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]  # cgan's files go by class
+        labels = labels[keep] if labels is not None else None
+        rows.append((name, float((runs / name / "minutes.txt").read_text()), images[keep], labels))
     print(f"\n{args.dataset} classifier: {judge.accuracy:.1%} on the {len(real)} test images; a class is covered when "
           f"2% of the samples are confident calls of it; confident = probability > {judge.confident}. "
-          f"{args.samples} samples per row" + (f"; FID, KID and precision/recall against the first {REFERENCE} test "
-                                               "images (the real row: the next ones)" if inception else "") + "\n")
+          f"{n} samples per row" + (f"; FID, KID and precision/recall against the first {n} test images (the real "
+                                    f"row: the next {n})" if inception else "") + "\n")
     print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class "
           "| FD (classifier) | matches its label |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

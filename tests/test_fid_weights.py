@@ -97,3 +97,18 @@ def test_fid_parity_with_pytorch_fid_on_converted_weights(converted, tmp_path):
     fid_theirs, fid_ours = (float(p.stdout.strip().rsplit("FID:", 1)[1]) for p in (theirs, ours))
     print(f"pytorch-fid {fid_theirs}, common.fid {fid_ours}")
     assert fid_ours > 1 and fid_ours == pytest.approx(fid_theirs, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_runner_scores_with_the_converted_weights(converted, real_images):
+    """benchmarks.recipes' FID, KID and precision/recall: real held-out images score near the real reference,
+    noise far from it."""
+    from benchmarks.digits import dataset_in, read_mnist_split
+    from benchmarks.recipes import InceptionScores
+    x, _ = read_mnist_split(real_images, False, 32, dataset_in(real_images))
+    scores = InceptionScores(str(converted), x[:30])
+    real = scores.score(x[30:60])
+    noise = scores.score(torch.rand(30, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    print(real, noise)
+    assert real["fid"] < noise["fid"] / 3 and real["kid"] < noise["kid"] / 3
+    assert real["precision"] > 0.5 and noise["precision"] < 0.1
