@@ -158,8 +158,8 @@ def main(argv=None):
           f"2% of the samples are confident calls of it; confident = probability > {judge.confident}. "
           f"{n} samples per row" + (f"; FID, KID and precision/recall against the first {n} test images (the real "
                                     f"row: the next {n})" if inception else "") + "\n")
-    print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class "
-          "| FD (classifier) | matches its label |")
+    print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class's "
+          "confident share | FD (classifier) | matches its label |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, minutes, images, labels in rows:
         s = judge.score(images, labels)
@@ -167,7 +167,7 @@ def main(argv=None):
         fid = f"{i['fid']:.1f} | {1000 * i['kid']:.1f} | {i['precision']:.2f} | {i['recall']:.2f}" if i else "- | - | - | -"
         label = f"{s['label_acc']:.0%}" if "label_acc" in s and name in SCRIPTS else "-"
         print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {fid} | {s['covered']}/10 | "
-              f"{s['confident']:.0%} | {min(s['class_share']):.1%} | {s['fd']:.1f} | {label} |", flush=True)
+              f"{s['confident']:.0%} | {min(s['class_share']) * s['confident']:.1%} | {s['fd']:.1f} | {label} |", flush=True)
 
 
 if __name__ == "__main__":
