@@ -103,7 +103,9 @@ def test_generates_the_requested_digit(real_images, judge, tmp_path):
     """Trained on real handwritten digits, samples drawn for class k are classified as k by the judge (80%), and at
     least 8 classes are covered; the untrained G's samples match their labels only by chance.
     Measured (seed 1, one thread): 10 classes, 88% confident, 93% match their label when calibrated; 9, 80%
-    and 86% in a later clean-clone run; untrained: 10% match."""
+    and 86% in a later clean-clone run; untrained: 10% match.
+    On the real Fashion-MNIST's 5,000 images (seed 1): 9 classes, 74% confident, 91% match their label (the judge's
+    accuracy on real test images: 84%); untrained: 10%."""
     scores = learned_digits("cgan.py", real_images, judge, tmp_path, LEARN_STEPS,
                             extra=["--width", "16", "--batch-size", "32", "--lr", "5e-4"])
     assert scores["untrained"]["label_acc"] < 0.3, scores["untrained"]

@@ -97,6 +97,7 @@ def test_learns_the_digits(real_images, judge, tmp_path):
     """After 1200 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not.
     Measured (seed 1, one thread): 10 classes, 66% confident, FD 53 (untrained: 0 classes, 0%). Width 16 and lr
-    5e-4 (paper: 64, 2e-4) to fit a CPU minute."""
+    5e-4 (paper: 64, 2e-4) to fit a CPU minute.
+    On the real Fashion-MNIST's 5,000 images (seed 1): 8 classes, 58% confident, FD 16 (1800 steps: 8, FD 22)."""
     assert_learns_digits("dcgan.py", real_images, judge, tmp_path, 1200,
                          extra=["--width", "16", "--batch-size", "32", "--lr", "5e-4"])

@@ -94,6 +94,7 @@ def test_learns_the_digits(real_images, judge, tmp_path):
     """After 600 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not.
     Measured (seed 1, one thread): 9 classes, 53% confident, FD 107 (untrained: 0). Width 16, lr 1e-3 (paper:
-    5e-5) and no critic bursts, so that weight clipping moves within a CPU minute."""
+    5e-5) and no critic bursts, so that weight clipping moves within a CPU minute.
+    On the real Fashion-MNIST's 5,000 images (seed 1): 8 classes, 43% confident, FD 91 (900 steps: 8, FD 81)."""
     assert_learns_digits("wgan.py", real_images, judge, tmp_path, 600,
                          extra=["--width", "16", "--batch-size", "32", "--lr", "1e-3", "--no-critic-burst"])

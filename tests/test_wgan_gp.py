@@ -137,6 +137,7 @@ def test_learns_the_digits(real_images, judge, tmp_path):
     """After 600 steps on real handwritten digits the samples cover at least 8 of the 10 classes with
     confident samples; the untrained G does not.
     Measured (seed 1, one thread): 10 classes, 64% confident, FD 82 (untrained: 0). Width 16 and lr 5e-4 (paper:
-    1e-4) to fit a CPU minute or two."""
+    1e-4) to fit a CPU minute or two.
+    On the real Fashion-MNIST's 5,000 images (seed 1): 8 classes, 52% confident, FD 24."""
     assert_learns_digits("wgan_gp.py", real_images, judge, tmp_path, 600,
                          extra=["--width", "16", "--batch-size", "32", "--lr", "5e-4"])
