@@ -110,5 +110,6 @@ def test_the_runner_scores_with_the_converted_weights(converted, real_images):
     real = scores.score(x[30:60])
     noise = scores.score(torch.rand(30, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     print(real, noise)
-    assert real["fid"] < noise["fid"] / 3 and real["kid"] < noise["kid"] / 3
+    # FID of 30 against 30 is mostly bias (two real halves score about 150), hence the margin of 2 only
+    assert real["fid"] < noise["fid"] / 2 and real["kid"] < noise["kid"] / 10
     assert real["precision"] > 0.5 and noise["precision"] < 0.1
