@@ -1,7 +1,7 @@
 """Training speed of the scripts: img/s eager, compiled and compiled + bf16, peak memory, compile
 time, and the share of step time spent outside the models. Writes a Markdown table for the README.
 
-    python -m benchmarks.bench [--scripts dcgan,wgan_gp,...] [--device cuda|cpu] [--steps N] [--out benchmarks/results.md]
+    python -m benchmarks.bench [--scripts dcgan,wgan_gp,...] [--device cuda|cpu] [--steps N] [--out benchmarks/speed.md]
 
 Each (script, mode) runs in a fresh process, in-process there (the script's own main()), for
 --warmup steps then --steps timed steps, with sample grids, checkpoints and FID only at the end
@@ -53,7 +53,7 @@ def parse(argv=None):
     p.add_argument("--images", type=int, default=2048, help="synthetic CelebA / MNIST images to write (at least enough "
                                                                 "that the plain loop's timed steps fit in one epoch)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds one run may take before it is stopped")
-    p.add_argument("--out", default="benchmarks/results.md", help="Markdown file to write")
+    p.add_argument("--out", default="benchmarks/speed.md", help="Markdown file to write")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one script in this process
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
