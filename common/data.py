@@ -143,8 +143,14 @@ def _cached(name: str, data_dir: Path, size: int):
         source = _source_key(src, files)
         key = f"{name}-{source}"  # also names the FID statistics, so they follow the source too
         path = data_dir / "cache" / f"{name}_{size}.pt"
+    d = None
     if path.exists():
-        d = torch.load(path, weights_only=True)
+        try:
+            d = torch.load(path, weights_only=True)
+        except Exception as e:  # empty or cut short (a kill or a full disk as it was written): build it again
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            print(f"warning: the data cache {path} cannot be read ({why}); building it again", file=sys.stderr)
+    if isinstance(d, dict) and "images" in d:
         if d.get("source") == source or not files:  # a stale cache is rebuilt; with no source left it serves alone
             key = key if folder is not None or "source" not in d else f"{name}-{d['source']}"
             return d["images"], d.get("labels"), d.get("classes"), key
@@ -159,13 +165,18 @@ def _cached(name: str, data_dir: Path, size: int):
     if folder is None:  # the reader may just have downloaded the files
         source = _source_key(*_source_files(name, data_dir))
         key = f"{name}-{source}"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may build it at once
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # DDP ranks may build it at once
-        torch.save({"images": images, "labels": labels, "classes": classes, "source": source}, tmp)
+        with open(tmp, "wb") as f:  # on disk (fsync) before the rename, so a crash leaves the old file or the new
+            torch.save({"images": images, "labels": labels, "classes": classes, "source": source}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        print(f"warning: could not write the data cache {path} ({e}); it will be rebuilt next time", file=sys.stderr)
+    except (OSError, RuntimeError) as e:  # a full disk: torch's writer raises RuntimeError
+        tmp.unlink(missing_ok=True)
+        why = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
+        print(f"warning: could not write the data cache {path} ({why}); it will be rebuilt next time", file=sys.stderr)
     return images, labels, classes, key
 
 
@@ -214,7 +225,8 @@ def fashion_mnist_dir(data_dir) -> Path | None:
 def _source_key(root: Path, files, prefix: str = "") -> str:
     """A short digest of the files' names, sizes and mtimes: any replaced, added or missing file changes it."""
     listing = "\n".join(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in [p.stat()])
-    return hashlib.sha1((prefix + listing).encode()).hexdigest()[:10]
+    # surrogateescape: a name that is not valid UTF-8 (os gives its bytes as surrogates) hashes as its own bytes
+    return hashlib.sha1((prefix + listing).encode(errors="surrogateescape")).hexdigest()[:10]
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

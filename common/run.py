@@ -30,8 +30,10 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,8 @@ import torch
 import torch.nn as nn
 
 from . import data as datasets
-from .cli import UserError, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile, user_errors
+from .cli import (RESUMABLE, UserError, init_distributed, merge_resumed, parse_args, resolve_amp, resolve_compile,
+                  user_errors)
 from .fid import FID, load_network, quantize
 
 DDP = nn.parallel.DistributedDataParallel
@@ -150,14 +153,19 @@ def load_checkpoint(run_dir: str, script: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"--resume {run_dir}: checkpoint.pt cannot be read ({e})") from None
+    if not isinstance(state, dict) or "script" not in state or "step" not in state:
+        what = (f"a {type(state).__name__}" if not isinstance(state, dict) else
+                f"a dict of {len(state)} entries without a run's script and step (a bare state dict?)")
+        raise UserError(f"--resume {run_dir}: checkpoint.pt holds {what}, not a checkpoint written by a run of ours")
     if state.get("script") != script:
         raise UserError(f"--resume {run_dir}: that run was made by {state.get('script')}, not {script}")
     return state
 
 
 def lock_run_dir(folder: Path):
-    """Take RUN_DIR/run.lock (holding our PID) for the life of the process, so that two runs cannot write one
-    directory; a lock whose process is gone is stale and taken over."""
+    """Take RUN_DIR/run.lock for the life of the process, so that two runs cannot write one directory. The lock
+    records our PID, host and process start time: a lock whose process is gone, or whose PID now belongs to a
+    process started later, is stale and taken over; one from another host is refused, naming the file."""
     lock = folder / "run.lock"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,19 +174,47 @@ def lock_run_dir(folder: Path):
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    pid = int(lock.read_text().strip() or 0)
+                    pid, host, start = (lock.read_text().split() + ["", ""])[:3]
+                    pid = int(pid)
                 except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise UserError(f"run directory {folder} in use by PID {pid}") from None
+                    pid, host, start = 0, "", ""
+                if host and host != socket.gethostname():
+                    raise UserError(f"run directory {folder} is locked by PID {pid} on host {host}; if that run has "
+                                    f"ended, delete {lock}") from None
+                if pid and pid != os.getpid() and _alive(pid) and (not start or _started(pid) in (None, start)):
+                    raise UserError(f"run directory {folder} in use by PID {pid}; if that run has ended, delete "
+                                    f"{lock}") from None
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            os.write(fd, str(os.getpid()).encode())
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {_started(os.getpid()) or ''}\n".encode())
             os.close(fd)
             atexit.register(lock.unlink, missing_ok=True)
             return
     except OSError as e:
         raise UserError(f"cannot write to the run directory {folder} ({e.strerror or e})") from None
+
+
+def _started(pid: int):
+    """When process PID started (clock ticks after boot, from Linux's /proc), to tell it from a later process that
+    was given the same PID; None where /proc is absent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _holds_a_run(run_dir) -> str:
+    return (f"{run_dir} holds a run: continue it with --resume {run_dir}, or choose another --run-dir "
+            "(--overwrite replaces it)")
+
+
+def _stamp(path: Path):
+    """What tells one version of a file from the next: (modification time in ns, size), None when absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _alive(pid: int) -> bool:
@@ -191,15 +227,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class StopNow(Exception):
+    """A signal after the last step (the run is saved): the export or final scoring stops at once."""
+
+
 class StopSignal:
-    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at the end of its step."""
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at the end of its step; after the last step
+    (`at_once`, set by Run.finish) a signal stops the export at once."""
 
     def __init__(self):
-        self.received, self.checks = None, 0
+        self.received, self.checks, self.at_once = None, 0, False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if self.at_once:
+            self.received = self.received or signal.Signals(signum).name
+            raise StopNow
         if self.received is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
@@ -247,7 +291,8 @@ def frozen(net: nn.Module):
 class Logger:
     """Writes the run directory and the logs. On ranks other than 0 every method does nothing."""
 
-    def __init__(self, args, script: str, run_dir: str, main_process: bool = True, write_config: bool = True):
+    def __init__(self, args, script: str, run_dir: str, main_process: bool = True, write_config: bool = True,
+                 run_id: str = None):
         self.args, self.script, self.main = args, script, main_process
         self.dir = Path(run_dir)
         self.start_time, self.wandb = time.time(), None
@@ -266,9 +311,13 @@ class Logger:
             (self.dir / "config.json").write_text(json.dumps({"script": script, **config}, indent=2) + "\n")
         if args.track:
             import wandb  # imported only when tracking is on
-            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=config,
-                                    name=self.dir.name, dir=str(self.dir), resume="allow",
-                                    id=f"{script}-{self.dir.resolve().name}")
+            try:  # run_id: this run's own (kept in its checkpoint), so two folders named seed0 never share one
+                self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=config,
+                                        name=self.dir.name, dir=str(self.dir), resume="allow", id=run_id)
+            except Exception as e:  # no API key, no network: wandb's own exception types vary between versions
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise UserError(f"--track: wandb did not start ({why}); log in with `wandb login`, or log "
+                                "offline with WANDB_MODE=offline") from None
 
     def log(self, step: int, total: int, metrics: dict, images_per_step: int):
         """Print a console line and append to metrics.jsonl. Tensors are read here, at log steps only."""
@@ -291,8 +340,9 @@ class Logger:
     def write_metrics(self, step: int, values: dict):
         if not self.main:
             return
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        with _stop_on_write_error(self.dir / "metrics.jsonl", self.dir):
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
@@ -301,8 +351,9 @@ class Logger:
         if not self.main:
             return
         path = self.dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_png(image, path)
+        with _stop_on_write_error(path, self.dir):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_png(image, path)
         if self.wandb is not None:
             import wandb
             self.wandb.log({name.split("/")[0]: wandb.Image(str(path))}, step=self.last_step)
@@ -362,11 +413,35 @@ def image_grid(images: torch.Tensor, per_row: int) -> torch.Tensor:
     return grid
 
 
+@contextlib.contextmanager
+def _stop_on_write_error(path: Path, run_dir: Path):
+    """A full disk (or a permission) while the run writes PATH: one line, and the run stops; its last checkpoint
+    is intact (written to a temporary file and renamed) and --resume continues from it."""
+    try:
+        yield
+    except OSError as e:
+        then = (f"--resume {run_dir} continues from its last checkpoint" if (run_dir / "checkpoint.pt").exists() else
+                "start it again with --overwrite (it saved no checkpoint yet)")
+        raise UserError(f"could not write {path} ({e.strerror or e}); the run stops here: once that is fixed, "
+                        f"{then}") from None
+
+
 def write_png(image: torch.Tensor, path: Path):
-    """A (C, H, W) picture in [0, 1] as an RGB PNG, rounded as torchvision's save_image rounds (x*255+0.5, truncated)."""
+    """A (C, H, W) picture in [0, 1] as an RGB PNG, rounded as torchvision's save_image rounds (x*255+0.5, truncated).
+    Written to a temporary file and renamed: a PNG is either whole or absent."""
     from PIL import Image
     rgb = image.detach().float().cpu().expand(3, -1, -1) if image.shape[0] == 1 else image.detach().float().cpu()
-    Image.fromarray(rgb.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()).save(path)
+    _save_atomically(Image.fromarray(rgb.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()),
+                     path)
+
+
+def _save_atomically(picture, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        picture.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_images(images_fn, n: int, out_dir: Path, batch_size: int, names=None):
@@ -379,7 +454,8 @@ def export_images(images_fn, n: int, out_dir: Path, batch_size: int, names=None)
         for i, img in enumerate(quantize(images_fn(k)).cpu()):
             name = names[done + i] if names else f"{done + i:06d}.png"
             array = img.permute(1, 2, 0).numpy()
-            Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(out_dir / name)
+            with _stop_on_write_error(out_dir / name, out_dir.parent):
+                _save_atomically(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), out_dir / name)
         done += k
     print(f"exported {n} images to {out_dir}")
 
@@ -404,14 +480,15 @@ class Run:
         with user_errors():
             state = None
             if args.resume:
+                stamp = _stamp(Path(args.resume) / "checkpoint.pt")
                 state = load_checkpoint(args.resume, script)
+                state["stamp"] = stamp  # checked again under the run's lock (Run._prepare_dir)
                 args = merge_resumed(args, given, state["args"])
             args.run_dir = args.run_dir or f"runs/{script}"
             if args.track and importlib.util.find_spec("wandb") is None:
                 raise UserError("--track needs wandb: pip install wandb (or drop --track)")
             if not args.resume and (Path(args.run_dir) / "checkpoint.pt").exists() and not args.overwrite:
-                raise UserError(f"{args.run_dir} holds a run: continue it with --resume {args.run_dir}, or choose "
-                                "another --run-dir (--overwrite replaces it)")
+                raise UserError(_holds_a_run(args.run_dir))
             device, rank, world = init_distributed(args.device)
         return cls(script, args, state, device, rank, world)
 
@@ -448,6 +525,10 @@ class Run:
         the step and the RNG; otherwise give each rank its own stream of batches and z."""
         self.tracked = {"scaler": self.scaler, **state}
         torch.manual_seed(self.args.seed + 1 + self.rank)
+        self.resumed_stamp = self.saved.get("stamp") if self.saved is not None else None
+        self.saved_args = self.saved["args"] if self.saved is not None else None
+        # The run's own id (wandb's too): new for a new run, the saved one for a resumed run
+        self.run_id = (self.saved or {}).get("run_id") or f"{self.script}-{uuid.uuid4().hex[:12]}"
         if self.saved is not None:
             missing = [name for name in self.tracked if name not in self.saved]
             if missing:
@@ -468,7 +549,7 @@ class Run:
             lock_run_dir(folder)
             self._prepare_dir(folder)
         self.log = Logger(self.args, self.script, self.args.run_dir, main_process=self.main,
-                          write_config=not (self.args.resume and nothing_to_do))
+                          write_config=not (self.args.resume and nothing_to_do), run_id=self.run_id)
         if self._use_fid():  # check the FID weights now, not after hours of training
             try:
                 self.fid_net = load_network(self.args.fid_weights, self.device)
@@ -479,18 +560,53 @@ class Run:
                 self.fid_off = True
 
     def _prepare_dir(self, folder: Path):
-        """A resumed run drops the metrics logged after its checkpoint (a killed run logged past it); a new one
-        starts its own metrics and samples (--overwrite also removes the old checkpoint and export)."""
-        metrics = folder / "metrics.jsonl"
+        """Under the run's lock, before anything is removed, check again what Run.start checked: another run may
+        have finished in this folder (or resumed it) while this one loaded its data. A resumed run drops the metrics
+        logged after its checkpoint (a killed run logged past it). A new run refuses a folder with an earlier run's
+        files unless --overwrite, which removes those files only (checkpoint, metrics, sample grids, exported
+        images), never anything else a user keeps there."""
+        metrics, checkpoint = folder / "metrics.jsonl", folder / "checkpoint.pt"
         if self.args.resume:
+            if _stamp(checkpoint) != self.resumed_stamp:
+                raise UserError(f"--resume {folder}: its checkpoint.pt changed after this run read it (another run "
+                                "wrote it meanwhile); --resume again to continue from the new one")
+            try:
+                written = json.loads((folder / "config.json").read_text())
+            except (OSError, ValueError):
+                written = None
+            edited = sorted(k for k, v in self.saved_args.items()
+                            if isinstance(written, dict) and k in written and written[k] != v and k not in RESUMABLE)
+            if edited:  # config.json is a record of the run, not an input: say so rather than ignore an edit
+                print(f"warning: {folder / 'config.json'} differs from the checkpoint in {', '.join(edited)}: a "
+                      "resumed run keeps its checkpoint's settings (config.json is written again from them); "
+                      "change those by starting a new run", file=sys.stderr)
             if metrics.exists():
-                lines = metrics.read_text().splitlines(keepends=True)
-                metrics.write_text("".join(line for line in lines if json.loads(line)["step"] <= self.step))
+                kept, broken = [], 0
+                for line in metrics.read_text(errors="replace").splitlines(keepends=True):
+                    try:
+                        step = json.loads(line)["step"]
+                    except (json.JSONDecodeError, TypeError, KeyError):  # cut short by a kill during its write
+                        broken += 1
+                        continue
+                    if step <= self.step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                if broken:
+                    print(f"{metrics}: dropped {broken} broken line(s) (a write cut short); resuming", file=sys.stderr)
+                metrics.write_text("".join(kept))
             return
-        metrics.unlink(missing_ok=True)
-        for old in [folder / "checkpoint.pt", *folder.glob("samples/*.png"), *folder.glob("export/*")]:
-            if old.is_file():
-                old.unlink()
+        if checkpoint.exists() and not self.args.overwrite:
+            raise UserError(_holds_a_run(folder))
+        samples, exported = sorted(folder.glob("samples/step_*.png")), sorted(folder.glob("export/*.png"))
+        ours = [p for p in (checkpoint, metrics, folder / "export.npy", *samples, *exported) if p.is_file()]
+        if ours and not self.args.overwrite:
+            found = [name for name, n in (("metrics.jsonl", metrics.is_file()), (f"{len(samples)} sample grids",
+                     len(samples)), (f"{len(exported)} exported images", len(exported)),
+                     ("export.npy", (folder / "export.npy").is_file())) if n]
+            raise UserError(f"{folder} holds an earlier run's files without a checkpoint ({', '.join(found)}; "
+                            "a run stopped before its first checkpoint?): --overwrite removes them, or choose "
+                            "another --run-dir")
+        for old in ours:
+            old.unlink()
 
     def set_samplers(self, sample, grid, grid_rows: int = 8, own_bn=None):
         """sample(k) -> k random images in [-1, 1], for FID and --export; grid() -> the fixed-z images of the
@@ -567,23 +683,39 @@ class Run:
         rngs = all_rng_states(self.world)
         if self.main:
             save_checkpoint(self.log.dir / "checkpoint.pt", {"script": self.script, "step": self.step,
+                                                              "run_id": self.run_id,
                                                               "args": dataclasses.asdict(self.args), "rng": rngs, **state})
         self.saved_once = True
 
     def finish(self, export=None):
         """After the last step: write --export N samples as PNGs (2-D data: export.npy); export(n, folder),
         if given, writes them instead."""
-        args = self.args
-        if args.export and self.main:
-            self._own_bn_statistics()
-            out = Path(args.run_dir) / "export"
-            if export is not None:
-                export(args.export, out)
-            elif self.data is not None and self.data.is_2d:  # 2-D points: one (N, 2) array
-                np.save(out.with_suffix(".npy"), self.sample(args.export).cpu().numpy())
-                print(f"exported {args.export} points to {out.with_suffix('.npy')}")
-            else:
-                export_images(self.sample, args.export, out, args.batch_size)
+        args, out = self.args, Path(self.args.run_dir) / "export"
+        if self.stop is not None:
+            self.stop.at_once = True  # the run is saved: a signal from here on stops the export at once
+        try:
+            if self.stop is not None and self.stop.received:  # it came during the last step's sampling or FID
+                raise StopNow
+            if args.export and self.main:
+                self._own_bn_statistics()
+                earlier = sorted(out.glob("*.png"))
+                if earlier:  # a resumed run's export replaces the one its earlier part wrote
+                    print(f"replacing the {len(earlier)} images exported earlier in {out}")
+                    for path in earlier:
+                        path.unlink()
+                if export is not None:
+                    export(args.export, out)
+                elif self.data is not None and self.data.is_2d:  # 2-D points: one (N, 2) array
+                    np.save(out.with_suffix(".npy"), self.sample(args.export).cpu().numpy())
+                    print(f"exported {args.export} points to {out.with_suffix('.npy')}")
+                else:
+                    export_images(self.sample, args.export, out, args.batch_size)
+        except StopNow:
+            done = len(list(out.glob("*.png"))) if args.export else 0
+            raise UserError(f"stopped by {self.stop.received} after the last step" + (
+                f", with {done} of the {args.export} images exported to {out}" if args.export else "") + "; the run "
+                f"is saved: --resume {args.run_dir}{f' --export {args.export}' if args.export else ''} finishes "
+                "it") from None
         self.log.close()
         self._leave_group()
 

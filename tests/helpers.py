@@ -116,7 +116,7 @@ def run_here(script: str, *args, threads: int = None, check: bool = True):
         args = list(map(str, args))
         for flag in ("--run-dir", "--resume"):
             if flag in args and (lock := Path(args[args.index(flag) + 1]) / "run.lock").exists():
-                if lock.read_text().strip() == str(os.getpid()):
+                if lock.read_text().split()[:1] == [str(os.getpid())]:  # "PID host start-time"
                     lock.unlink()
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

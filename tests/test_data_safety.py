@@ -36,6 +36,33 @@ def test_replaced_mnist_files_are_decoded_again(tmp_path):
     assert (tmp_path / "cache" / "mnist_28.pt").exists()
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut short"])
+def test_a_broken_data_cache_is_built_again_with_a_warning(damage, tmp_path, capsys):
+    """A cache file emptied or cut short (a kill or a full disk as it was written) used to stop every later run."""
+    write_mnist(tmp_path, n=20)
+    first = data.load("mnist", str(tmp_path), 28, CPU)
+    cache = tmp_path / "cache" / "mnist_28.pt"
+    cache.write_bytes(b"" if damage == "empty" else cache.read_bytes()[:len(cache.read_bytes()) // 2])
+    again = data.load("mnist", str(tmp_path), 28, CPU)
+    assert torch.equal(again.images, first.images) and "cannot be read" in capsys.readouterr().err
+    assert torch.equal(data.load("mnist", str(tmp_path), 28, CPU).images, first.images)  # written whole again
+    assert "cannot be read" not in capsys.readouterr().err
+
+
+def test_a_full_disk_while_writing_the_cache_is_a_warning_and_leaves_no_temporary_file(tmp_path, capsys,
+                                                                                         monkeypatch):
+    write_mnist(tmp_path, n=20)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(data.torch, "save", disk_full)
+    assert len(data.load("mnist", str(tmp_path), 28, CPU)) == 20
+    assert "could not write the data cache" in capsys.readouterr().err
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_celeba_cache_grows_with_the_unzipped_files(tmp_path):
     write_celeba(tmp_path, n=3)  # half unzipped
     assert len(data.load("celeba", str(tmp_path), 8, CPU)) == 3
@@ -50,6 +77,13 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert Image.open(folder / "a.png").mode.startswith("I")
     ds = data.load(str(folder), str(tmp_path / "d"), 8, CPU)
     assert ds.images.min() >= 127 and ds.images.max() <= 128, ds.images.unique()
+
+
+def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
+    write_image_folder(tmp_path / "imgs", classes=("a",), per_class=2)
+    png = next((tmp_path / "imgs" / "a").glob("*.png"))
+    os.rename(png, os.path.join(os.fsencode(png.parent), b"caf\xe9.png"))  # Latin-1 bytes, not UTF-8
+    assert len(data.load(str(tmp_path / "imgs"), str(tmp_path / "d"), 8, CPU)) == 2
 
 
 def test_symlinked_class_folder_is_listed_and_loops_end(tmp_path):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,35 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(script, mnist_dir, tmp_path
     a, b = load(whole / "checkpoint.pt"), load(stopped / "checkpoint.pt")
     assert a["step"] == b["step"] == end
     assert_same_weights(a, b)  # bit-exact on the CPU: same seed, same RNG stream, same order of operations
+
+
+def test_sigterm_during_the_export_stops_at_once_and_resume_finishes_it(mnist_dir, tmp_path):
+    """The run is saved before the export: a signal there stops it at once, leaves whole PNGs only, says how to
+    finish, and the resumed run's export replaces the partial one."""
+    from PIL import Image
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "dcgan.py", *tiny("dcgan", mnist_dir, "--steps", "1", "--export",
+                             "100000", "--run-dir", out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    try:
+        deadline = time.time() + 300
+        while len(list(out.glob("export/*.png"))) < 3:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_user_error(types.SimpleNamespace(returncode=proc.returncode, stderr=err),
+                      "stopped by SIGTERM after the last step", "of the 100000 images", f"--resume {out} --export")
+    pngs = sorted(out.glob("export/*.png"))
+    assert 3 <= len(pngs) < 100000 and not list(out.glob("export/*.tmp"))
+    for png in pngs:
+        Image.open(png).load()  # whole files only
+    resumed = run("dcgan", "--resume", out, "--export", "4").stdout
+    assert f"replacing the {len(pngs)} images exported earlier" in resumed
+    assert len(list(out.glob("export/*.png"))) == 4
 
 
 @pytest.mark.slow
@@ -366,6 +396,9 @@ def test_resume_without_or_with_an_unreadable_checkpoint(tmp_path):
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"half a checkpoint")
     proc = refuse("dcgan", "--resume", tmp_path / "bad")
     assert_user_error(proc, "checkpoint.pt cannot be read")
+    for saved, what in [(torch.zeros(3), "holds a Tensor"), ({"weight": torch.zeros(3)}, "a bare state dict")]:
+        torch.save(saved, tmp_path / "bad" / "checkpoint.pt")  # a model's weights saved by hand, say
+        assert_user_error(refuse("dcgan", "--resume", tmp_path / "bad"), what, "not a checkpoint written by a run")
 
 
 @pytest.mark.slow

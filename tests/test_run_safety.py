@@ -1,8 +1,11 @@
 """No lost work and no traceback: run directories, locks, non-finite state, disk errors, metrics on resume,
 FID failures, silent no-ops and nonsense flags (the run helper in common/run.py, used by every script)."""
+import importlib.machinery
 import json
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +37,49 @@ def test_a_run_directory_holding_a_run_is_refused_unless_overwrite(mnist_dir, tm
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_ends_here_while_another_starts_is_kept(resume, mnist_dir, tmp_path, monkeypatch):
+    """Run B checks RUN_DIR at its start, then loads its data; run A, started later in the same RUN_DIR, finishes
+    (or saves a newer checkpoint of the resumed run) before B takes the folder's lock. B must refuse, not delete or
+    overwrite A's run. Here A's finish is its files appearing (or its checkpoint changing) just before B's lock."""
+    out = tmp_path / "r"
+    if resume:
+        dcgan(mnist_dir, out, "--steps", "1", "--log-every", "1")
+    real_lock = run_module.lock_run_dir
+
+    def a_finishes_first(folder):
+        out.mkdir(exist_ok=True)
+        (out / "checkpoint.pt").write_bytes(b"run A's checkpoint")
+        (out / "metrics.jsonl").write_text('{"step": 2}\n')
+        real_lock(folder)
+
+    monkeypatch.setattr(run_module, "lock_run_dir", a_finishes_first)
+    proc = dcgan(mnist_dir, out, "--steps", "3", *(["--resume", out] if resume else []), check=False)
+    assert_user_error(proc, *(["changed after this run read it", f"--resume"] if resume else
+                              [f"{out} holds a run", "--overwrite"]))
+    assert (out / "checkpoint.pt").read_bytes() == b"run A's checkpoint"
+    assert (out / "metrics.jsonl").read_text() == '{"step": 2}\n'
+
+
+def test_an_earlier_runs_files_without_a_checkpoint_need_overwrite_and_a_users_own_files_stay(mnist_dir, tmp_path):
+    """A folder with a run's files but no checkpoint (a run killed before its first one, or a user's folder): a new
+    run refuses it; --overwrite removes the run's files (metrics, sample grids, exported PNGs) and nothing else."""
+    out = tmp_path / "r"
+    (out / "export").mkdir(parents=True)
+    (out / "samples").mkdir()
+    theirs = [out / "export" / "000000.png", out / "samples" / "step_0000007.png", out / "metrics.jsonl"]
+    mine = [out / "export" / "notes.txt", out / "notes.md", out / "samples" / "picked.png"]
+    for path in theirs + mine:
+        path.write_text('{"step": 7}\n')
+    proc = dcgan(mnist_dir, out, "--steps", "1", check=False)
+    assert_user_error(proc, "without a checkpoint", "metrics.jsonl", "1 sample grids", "1 exported images",
+                      "--overwrite")
+    assert all(path.exists() for path in theirs + mine)
+    dcgan(mnist_dir, out, "--steps", "1", "--overwrite")
+    assert not any(path.exists() for path in theirs[:2]) and all(path.exists() for path in mine)
+    assert [r["step"] for r in metrics(out)] == [1]
+
+
 def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(mnist_dir, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
@@ -41,11 +87,18 @@ def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(mnist_dir
     try:
         (out / "run.lock").write_text(str(holder.pid))
         proc = dcgan(mnist_dir, out, "--steps", "1", check=False)
-        assert_user_error(proc, f"in use by PID {holder.pid}")
+        assert_user_error(proc, f"in use by PID {holder.pid}", f"delete {out / 'run.lock'}")
+        (out / "run.lock").write_text(f"{holder.pid} far-away-host 12")  # we cannot see that host's processes
+        assert_user_error(dcgan(mnist_dir, out, "--steps", "1", check=False), "on host far-away-host",
+                          f"delete {out / 'run.lock'}")
+        if run_module._started(holder.pid) is not None:  # Linux: the PID was reused by a process started later
+            (out / "run.lock").write_text(f"{holder.pid} {run_module.socket.gethostname()} 12")
+            dcgan(mnist_dir, tmp_path / "r", "--steps", "1")
     finally:
         holder.kill()
         holder.wait()
-    dcgan(mnist_dir, out, "--steps", "1")  # the holder is gone: its lock is stale
+    (out / "run.lock").write_text(str(holder.pid))
+    dcgan(mnist_dir, out, "--steps", "1", "--overwrite")  # the holder is gone: its lock is stale
     assert not (out / "run.lock").exists()  # released at exit
 
 
@@ -79,13 +132,29 @@ def test_disk_full_from_torchs_writer_is_one_line(tmp_path, monkeypatch, exists)
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
 
-def test_resume_drops_metrics_logged_after_the_checkpoint(mnist_dir, tmp_path):
+@pytest.mark.parametrize("tail", ["", "\n", '{"step": 7, "d_lo'])
+def test_resume_drops_metrics_logged_after_the_checkpoint(tail, mnist_dir, tmp_path):
+    """Rows past the checkpoint go; so does a blank or half-written last line (a kill during a write), with a word."""
     out = tmp_path / "r"
     dcgan(mnist_dir, out, "--steps", "4", "--log-every", "1", "--ckpt-every", "4")
     with open(out / "metrics.jsonl", "a") as f:  # what a run killed after step 6 would have logged past it
         f.writelines(json.dumps({"step": s, "d_loss": 0.0}) + "\n" for s in (5, 6))
-    dcgan(mnist_dir, out, "--resume", out, "--steps", "6", "--log-every", "1")
+        f.write(tail)
+    proc = dcgan(mnist_dir, out, "--resume", out, "--steps", "6", "--log-every", "1")
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert ("dropped 1 broken line" in proc.stderr) == bool(tail)
+
+
+def test_a_hand_edit_of_config_json_is_named_on_resume(mnist_dir, tmp_path):
+    """config.json records the run; editing it changes nothing, and a resume says so instead of overwriting it."""
+    out = tmp_path / "r"
+    dcgan(mnist_dir, out, "--steps", "1")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "lr": 0.1, "steps": 5}))  # steps: a resumable flag
+    proc = dcgan(mnist_dir, out, "--resume", out, "--steps", "2")
+    warning = next(line for line in proc.stderr.splitlines() if "config.json" in line)
+    assert "differs from the checkpoint in lr:" in warning and "steps" not in warning.split(":")[1]
+    assert json.loads((out / "config.json").read_text())["lr"] == config["lr"]
 
 
 def test_nothing_to_train_says_so_and_leaves_the_config(mnist_dir, tmp_path):
@@ -153,6 +222,60 @@ def test_absurd_sizes_end_in_one_line_naming_the_flags(flag, value, mnist_dir, t
     proc = run_in_process("dcgan.py", "--dataset", "mnist", "--data-dir", mnist_dir, "--image-size", "32",
                           "--steps", "1", "--sample-every", "0", "--run-dir", tmp_path / "r", flag, value)
     assert_user_error(proc, "out of memory", "--batch-size", "--width")
+
+
+@pytest.mark.parametrize("full", ["metrics.jsonl", "a sample grid"])
+def test_a_full_disk_mid_run_is_one_line_and_leaves_no_half_png(full, mnist_dir, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    if full == "a sample grid":  # written after the last step's checkpoint
+        from PIL import Image
+
+        def save(picture, fp, *args, **kwargs):
+            Path(fp).write_bytes(b"\x89PNG, cut short")
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(Image.Image, "save", save)
+    else:  # the first log line, before any checkpoint
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda path, *args, **kwargs: (
+            (_ for _ in ()).throw(OSError(28, "No space left on device")) if str(path).endswith("metrics.jsonl")
+            else real_open(path, *args, **kwargs)))
+    proc = dcgan(mnist_dir, out, "--steps", "2", "--log-every", "1", check=False)
+    assert_user_error(proc, "No space left on device", f"--resume {out}" if full != "metrics.jsonl" else "--overwrite")
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.tmp"))
+
+
+class FakeWandb:
+    """Stands in for the wandb module: records each init's id, or fails as wandb does without an API key."""
+
+    def __init__(self, fail=None):
+        self.ids, self.fail = [], fail
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)  # find_spec("wandb") reads it
+        self.Image = lambda path: path
+
+    def init(self, id=None, **kwargs):
+        if self.fail:
+            raise self.fail
+        self.ids.append(id)
+        return types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+
+
+def test_each_tracked_run_has_its_own_wandb_id_kept_on_resume(mnist_dir, tmp_path, monkeypatch):
+    """Two folders with the same name (a/seed0, b/seed0) and an --overwrite used to log into one wandb run."""
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    for run_dir in (tmp_path / "a" / "seed0", tmp_path / "b" / "seed0"):
+        dcgan(mnist_dir, run_dir, "--steps", "1", "--track")
+    dcgan(mnist_dir, tmp_path / "a" / "seed0", "--resume", tmp_path / "a" / "seed0", "--steps", "2", "--track")
+    dcgan(mnist_dir, tmp_path / "b" / "seed0", "--steps", "1", "--track", "--overwrite")
+    a, b, a_resumed, b_new = fake.ids
+    assert len({a, b, b_new}) == 3 and a_resumed == a and a.startswith("dcgan-")
+
+
+def test_track_without_a_wandb_login_is_one_line(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb(fail=Exception("api_key not configured (no-tty). call "
+                                                                        "wandb.login(key=[your_api_key])")))
+    proc = dcgan(mnist_dir, tmp_path / "r", "--steps", "1", "--track", check=False)
+    assert_user_error(proc, "api_key not configured", "wandb login", "WANDB_MODE=offline")
 
 
 def test_track_without_wandb_is_refused_at_once(monkeypatch, tmp_path):
