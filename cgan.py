@@ -145,13 +145,18 @@ def generate(G: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def export_by_class(G, n: int, folder, num_classes: int, args, device):
-    """--export for a conditional G: the labels cycle through the classes."""
-    labels = torch.arange(n, device=device) % num_classes
-    names = [f"{y}_{i:06d}.png" for i, y in enumerate(labels.tolist())]
-    batches = iter(labels.split(args.batch_size))
-    export_images(lambda k: generate(G, torch.randn(k, args.z_dim, device=device), next(batches)), n, folder,
-                  args.batch_size, names=names)
+def export_by_class(G, n: int, folder, classes, args, device):
+    """--export for a conditional G: image i shows class i % num_classes, named <class index>_<i>.png; the
+    index-to-class list goes beside the export (export_classes.json)."""
+    num_classes, done = len(classes), 0
+
+    def images(k):  # a batch at a time: memory stays flat for any n
+        nonlocal done
+        labels = torch.arange(done, done + k, device=device) % num_classes
+        done += k
+        return generate(G, torch.randn(k, args.z_dim, device=device), labels)
+    export_images(images, n, folder, args.batch_size, name=lambda i: f"{i % num_classes}_{i:06d}.png",
+                  classes=classes)
 
 
 def main():
@@ -191,7 +196,7 @@ def main():
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             run.after_step(losses)
-        run.finish(export=lambda n, folder: export_by_class(G_sample, n, folder, num_classes, args, device))
+        run.finish(export=lambda n, folder: export_by_class(G_sample, n, folder, data.classes, args, device))
 
 
 if __name__ == "__main__":

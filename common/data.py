@@ -10,6 +10,7 @@ dataset-fashion-mnist package, unpacked once into DATA_DIR/FashionMNIST/raw. Bat
 index on the device (with replacement), so no DataLoader and no per-image Python work runs in
 the training loop.
 """
+import collections
 import concurrent.futures
 import gzip
 import hashlib
@@ -29,6 +30,7 @@ from .cli import UserError
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeba")
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+OTHER_PICTURES = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ppm", ".pgm", ".tga", ".ico", ".svg"}  # named
 GPU_BUDGET = 0.3  # share of free GPU memory the dataset may take before it stays in pinned host memory
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist; tests monkeypatch it
@@ -119,6 +121,9 @@ def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: 
         raise UserError(f"dataset {name!r} has no labels; a conditional model needs mnist, fashion_mnist, cifar10 "
                         "or a folder whose first-level sub-folders are the classes")
     if world > 1:
+        if len(images) < world:
+            raise UserError(f"the dataset has {len(images)} image(s), fewer than the {world} processes: each needs "
+                            "at least one (use fewer GPUs or more images)")
         images = images[rank::world]
         labels = labels[rank::world] if labels is not None else None
     return ImageData(images, labels, classes, device, flip, name, f"{key}_{image_size}")
@@ -135,6 +140,10 @@ def _cached(name: str, data_dir: Path, size: int):
         files = _list_images(folder)
         if not files:
             raise UserError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        others = collections.Counter(p.suffix.lower() for p in _list_images(folder, OTHER_PICTURES))
+        if others:  # say it rather than train on a smaller set without a word
+            print(f"note: {folder}: {', '.join(f'{n} {ext}' for ext, n in sorted(others.items()))} file(s) not "
+                  f"read (read: {', '.join(sorted(IMAGE_EXTENSIONS))})", file=sys.stderr)
         source = _source_key(folder, files, str(folder.resolve()))
         key = f"folder-{folder.resolve().name}-{source}"
         path = data_dir / "cache" / f"{key}_{size}.pt"
@@ -180,7 +189,7 @@ def _cached(name: str, data_dir: Path, size: int):
     return images, labels, classes, key
 
 
-def _list_images(folder: Path):
+def _list_images(folder: Path, extensions=IMAGE_EXTENSIONS):
     """Image files under folder, following directory symlinks (each real directory once, so loops end)."""
     files, seen = [], set()
     for top, dirs, names in os.walk(folder, followlinks=True):
@@ -189,7 +198,7 @@ def _list_images(folder: Path):
             dirs[:] = []
             continue
         seen.add(real)
-        files += [Path(top, n) for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        files += [Path(top, n) for n in names if Path(n).suffix.lower() in extensions]
     return sorted(p for p in files if p.is_file())
 
 
@@ -313,6 +322,8 @@ def _decode(files, size: int, crop: int):
     def one(path):
         try:
             with Image.open(path) as im:
+                if im.mode == "F":  # 32-bit float: no range to scale from (0-1? 0-255?), and convert() clips it
+                    return None, f"{path}: a 32-bit float image; save it as 8- or 16-bit"
                 if im.mode.startswith("I"):  # 16-bit greyscale: convert("RGB") would clip it to white
                     im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
                 im = im.convert("RGB")

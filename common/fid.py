@@ -267,6 +267,18 @@ def _folder_images(folder: Path):
         yield torch.from_numpy(rgb).permute(2, 0, 1)
 
 
+def _batches(images, batch_size: int):
+    """Consecutive images of one size, stacked up to batch_size; an image of another size starts a new batch."""
+    batch = []
+    for image in images:
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            yield torch.stack(batch)
+            batch = []
+        batch.append(image)
+    if batch:
+        yield torch.stack(batch)
+
+
 def _checked_statistics(feats: np.ndarray, source: str):
     if len(feats) < 2:  # the covariance of one sample is undefined (NaN)
         raise UserError(f"{source} gives {len(feats)} image(s); FID needs at least 2 images")
@@ -292,13 +304,8 @@ def _features_of(source: str, net, args):
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
         return None
-    if path.is_dir():
-        images = list(_folder_images(path))
-        sizes = {tuple(im.shape) for im in images}
-        batches = (torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)) \
-            if len(sizes) == 1 else ([im.unsqueeze(0)] for im in images)
-        batches = (b if torch.is_tensor(b) else b[0] for b in batches)
-        return features(net, batches)
+    if path.is_dir():  # read as the network goes: one batch in memory, at the images' own size
+        return features(net, _batches(_folder_images(path), args.batch_size))
     from . import data
     ds = data.load(source, args.data_dir, args.image_size, torch.device("cpu"))
     if ds.is_2d:

@@ -444,20 +444,42 @@ def _save_atomically(picture, path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def export_images(images_fn, n: int, out_dir: Path, batch_size: int, names=None):
-    """Write n generated images as PNG files (uint8, as FID tools read them). images_fn(k) -> (k, C, H, W) in [-1, 1]."""
+def export_images(images_fn, n: int, out_dir: Path, batch_size: int, name=None, classes=None):
+    """Write n generated images as PNG files (uint8, as FID tools read them), a batch at a time (memory stays flat
+    for any n). images_fn(k) -> the next (k, C, H, W) in [-1, 1]; name(i) -> image i's file name; classes: the
+    class names that the names' indices stand for, written beside the folder (OUT_DIR_classes.json)."""
     from PIL import Image
     out_dir.mkdir(parents=True, exist_ok=True)
+    if classes is not None:
+        with _stop_on_write_error(out_dir.with_name(f"{out_dir.name}_classes.json"), out_dir.parent):
+            out_dir.with_name(f"{out_dir.name}_classes.json").write_text(json.dumps(list(classes)) + "\n")
     done = 0
     while done < n:
         k = min(batch_size, n - done)
         for i, img in enumerate(quantize(images_fn(k)).cpu()):
-            name = names[done + i] if names else f"{done + i:06d}.png"
+            path = out_dir / (name(done + i) if name else f"{done + i:06d}.png")
             array = img.permute(1, 2, 0).numpy()
-            with _stop_on_write_error(out_dir / name, out_dir.parent):
-                _save_atomically(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), out_dir / name)
+            with _stop_on_write_error(path, out_dir.parent):
+                _save_atomically(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), path)
         done += k
     print(f"exported {n} images to {out_dir}")
+
+
+def export_points(points_fn, n: int, path: Path, chunk: int = 65536):
+    """Write n generated 2-D points as one (n, 2) float32 .npy, filled a chunk at a time (memory stays flat), to a
+    temporary file renamed at the end."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with _stop_on_write_error(path, path.parent):
+            points = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 2))
+            for start in range(0, n, chunk):
+                points[start:start + chunk] = points_fn(min(chunk, n - start)).float().cpu().numpy()
+            points.flush()
+            del points
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"exported {n} points to {path}")
 
 
 def _clock(seconds: float) -> str:
@@ -500,7 +522,7 @@ class Run:
         # fp16 needs loss scaling; bf16 and float32 do not (the scaler is then a no-op).
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.total_steps = 0, args.steps
-        self.data, self.tracked, self.log = None, {}, None
+        self.data, self.classes, self.tracked, self.log = None, None, {}, None
         self.sample, self.grid, self.grid_rows, self.fid, self.stop = None, None, 8, None, None
         self.own_bn, self.own_bn_step = None, None
         self.note = ""  # appended to the line that starts training
@@ -517,6 +539,7 @@ class Run:
         flip = args.flip if args.flip is not None else args.dataset not in ("mnist", "fashion_mnist")
         self.data = datasets.load(args.dataset, args.data_dir, image_size, self.device, flip=flip,
                                   need_labels=need_labels, rank=self.rank, world=self.world)
+        self.classes = list(self.data.classes) if need_labels else None  # a conditional model is built for these
         return self.data
 
     def track(self, **state):
@@ -530,6 +553,13 @@ class Run:
         # The run's own id (wandb's too): new for a new run, the saved one for a resumed run
         self.run_id = (self.saved or {}).get("run_id") or f"{self.script}-{uuid.uuid4().hex[:12]}"
         if self.saved is not None:
+            before = self.saved.get("classes")
+            if self.classes is not None and before is not None and before != self.classes:
+                new, gone = sorted(set(self.classes) - set(before)), sorted(set(before) - set(self.classes))
+                raise UserError(f"--resume {self.args.resume}: the dataset's classes changed since the checkpoint "
+                                f"({len(before)} then, {len(self.classes)} now" + (f"; new: {', '.join(new)}" if new
+                                else "") + (f"; gone: {', '.join(gone)}" if gone else "") + "); the model is built "
+                                "for its classes: restore them, or start a new run")
             missing = [name for name in self.tracked if name not in self.saved]
             if missing:
                 raise UserError(f"--resume {self.args.resume}: the checkpoint has no {', '.join(missing)} "
@@ -551,6 +581,15 @@ class Run:
         self.log = Logger(self.args, self.script, self.args.run_dir, main_process=self.main,
                           write_config=not (self.args.resume and nothing_to_do), run_id=self.run_id)
         if self._use_fid():  # check the FID weights now, not after hours of training
+            images = len(self.data) * self.world  # the reference is the whole dataset (about: shards may differ by one)
+            if min(self.args.fid_samples, images) < 2:  # a covariance needs two
+                why = (f"FID needs at least two images a side: --fid-samples {self.args.fid_samples}, a dataset of "
+                       f"about {images}; raise them, or --fid off")
+                if self.args.fid == "on":
+                    raise UserError(why)
+                print(f"FID is off: {why}", file=sys.stderr)  # --fid auto: go on without it
+                self.fid_off = True
+                return
             try:
                 self.fid_net = load_network(self.args.fid_weights, self.device)
             except UserError as e:
@@ -683,7 +722,7 @@ class Run:
         rngs = all_rng_states(self.world)
         if self.main:
             save_checkpoint(self.log.dir / "checkpoint.pt", {"script": self.script, "step": self.step,
-                                                              "run_id": self.run_id,
+                                                              "run_id": self.run_id, "classes": self.classes,
                                                               "args": dataclasses.asdict(self.args), "rng": rngs, **state})
         self.saved_once = True
 
@@ -706,8 +745,7 @@ class Run:
                 if export is not None:
                     export(args.export, out)
                 elif self.data is not None and self.data.is_2d:  # 2-D points: one (N, 2) array
-                    np.save(out.with_suffix(".npy"), self.sample(args.export).cpu().numpy())
-                    print(f"exported {args.export} points to {out.with_suffix('.npy')}")
+                    export_points(self.sample, args.export, out.with_suffix(".npy"))
                 else:
                     export_images(self.sample, args.export, out, args.batch_size)
         except StopNow:

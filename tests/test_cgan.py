@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_same_weights, digits_pass, learned_digits, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import assert_same_weights, assert_user_error, digits_pass, learned_digits, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -44,6 +44,37 @@ def test_export_is_class_balanced_with_class_prefixed_names(mnist_dir, tmp_path)
     assert all(n.split("_")[0].isdigit() and len(n.split("_")[1]) == len("000042.png") for n in names), names
     counts = Counter(int(n.split("_")[0]) for n in names)
     assert sorted(counts) == list(range(10)) and max(counts.values()) - min(counts.values()) <= 1, counts
+    classes = json.loads((run / "export_classes.json").read_text())  # what each name's index stands for
+    assert classes == torch.load(run / "checkpoint.pt", weights_only=False)["classes"] and len(classes) == 10
+
+
+def test_the_export_streams_whatever_its_size(monkeypatch, tmp_path):
+    """--export 100000000 built 10^8 names and labels before writing a file (8 GB); now a batch at a time."""
+    import tracemalloc
+
+    class FirstBatch(Exception):
+        pass
+
+    def generate(G, z, labels):
+        raise FirstBatch(labels.tolist())
+    monkeypatch.setattr(cgan, "generate", generate)
+    args = type("Args", (), {"z_dim": 4, "batch_size": 3})
+    tracemalloc.start()
+    with pytest.raises(FirstBatch) as first:
+        cgan.export_by_class(None, 10**7, tmp_path / "export", ["a", "b"], args, torch.device("cpu"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert first.value.args[0] == [0, 1, 0] and peak < 10**7, peak  # under 10 MB before the first batch
+
+
+def test_resume_after_a_class_folder_was_added_says_so(tmp_path):
+    from helpers import write_image_folder
+    folder = write_image_folder(tmp_path / "pets", classes=("cats", "dogs"), per_class=4)
+    args = ["--data-dir", tmp_path / "d", "--image-size", "32", "--width", "8", "--batch-size", "4"]
+    run_here("cgan.py", "--dataset", folder, *args, "--steps", "1", "--run-dir", tmp_path / "r")
+    write_image_folder(folder, classes=("birds", "cats", "dogs"), per_class=4)
+    proc = run_in_process("cgan.py", "--dataset", folder, *args, "--resume", tmp_path / "r", "--steps", "2")
+    assert_user_error(proc, "classes changed", "2 then, 3 now", "new: birds")
 
 
 def test_unlabelled_datasets_are_refused(folder_dataset, tmp_path):

@@ -375,3 +375,16 @@ def test_ranks_agree_on_a_stop_every_tenth_step_only(monkeypatch):
     answers = [log.stop_requested(stop, world=2, device=torch.device("cpu")) for _ in range(20)]
     assert len(calls) == 2 and answers.index(True) == 9  # steps 10 and 20
     assert log.stop_requested(stop, world=1, device=torch.device("cpu")) is False  # one process: no collective
+
+
+def test_2d_export_is_written_a_chunk_at_a_time(tmp_path):
+    """minimal_gan --export 100000000 on 2-D data asked for one 51 GB sample; now chunks fill a file on disk."""
+    asked = []
+
+    def points(k):
+        asked.append(k)
+        return torch.arange(2 * k, dtype=torch.float32).view(k, 2) + sum(asked[:-1]) * 2
+    log.export_points(points, 150_000, tmp_path / "export.npy")
+    saved = np.load(tmp_path / "export.npy")
+    assert max(asked) == 65536 and sum(asked) == 150_000 and list(tmp_path.iterdir()) == [tmp_path / "export.npy"]
+    assert np.array_equal(saved, np.arange(300_000, dtype=np.float32).reshape(150_000, 2))

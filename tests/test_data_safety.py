@@ -86,6 +86,24 @@ def test_an_image_whose_name_is_not_utf8_is_read(tmp_path):
     assert len(data.load(str(tmp_path / "imgs"), str(tmp_path / "d"), 8, CPU)) == 2
 
 
+def test_float_images_are_refused_by_name_and_unread_formats_are_named(tmp_path, capsys):
+    """A 32-bit float TIFF trained as all black; GIFs were skipped without a word."""
+    write_image_folder(tmp_path / "imgs", classes=("a",), per_class=2)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a" / "moving.gif")
+    assert len(data.load(str(tmp_path / "imgs"), str(tmp_path / "d"), 8, CPU)) == 2
+    assert "1 .gif file(s) not read (read: .bmp, .jpeg" in capsys.readouterr().err
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "imgs" / "a" / "depth.tif")
+    with pytest.raises(data.UserError, match="depth.tif: a 32-bit float image; save it as 8- or 16-bit"):
+        data.load(str(tmp_path / "imgs"), str(tmp_path / "d"), 8, CPU)
+
+
+def test_fewer_images_than_processes_is_one_line_on_every_rank(tmp_path):
+    write_image_folder(tmp_path / "imgs", classes=("a",), per_class=2)
+    for rank in range(3):
+        with pytest.raises(data.UserError, match="2 image.s., fewer than the 3 processes"):
+            data.load(str(tmp_path / "imgs"), str(tmp_path / "d"), 8, CPU, rank=rank, world=3)
+
+
 def test_symlinked_class_folder_is_listed_and_loops_end(tmp_path):
     root = write_image_folder(tmp_path / "pets", classes=("cats",), per_class=4)
     write_image_folder(tmp_path / "elsewhere", classes=("dogs",), per_class=5)

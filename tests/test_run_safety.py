@@ -176,6 +176,13 @@ def test_fid_weights_that_are_not_the_network_stop_the_run_at_once(mnist_dir, tm
     assert not (tmp_path / "r" / "checkpoint.pt").exists()  # stopped before training
 
 
+def test_fid_from_a_single_image_is_refused_before_the_run(mnist_dir, tmp_path):
+    """One sample (or a one-image dataset) ended in NumPy warnings and 'eigh failed to converge' mid-run."""
+    proc = dcgan(mnist_dir, tmp_path / "r", "--steps", "1", "--fid", "on", "--fid-samples", "1", check=False)
+    assert_user_error(proc, "FID needs at least two images", "--fid-samples 1", "--fid off")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
 def test_a_failing_fid_turns_itself_off_and_the_run_ends_with_its_checkpoint(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "load_network", lambda weights, device: "a network")
     monkeypatch.setattr(run_module.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
