@@ -62,26 +62,26 @@ import typing
 import torch
 import torch.nn as nn
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution, a power of two >= 8 (paper: 32 to 256, 64 and 128 shown)")
+    image_size: int = arg(64, "training resolution (paper: 32 to 256, 64 and 128 shown)", within="[8, inf)", power_of_two=True)
     batch_size: int = arg(16, "batch size per GPU (paper: not stated; 16 is the common choice)")
-    z_dim: int = arg(64, "dimension of z ~ U(-1, 1) (paper: Nz = 64)")
-    h_dim: int = arg(64, "dimension of the autoencoder embedding h (paper: Nh = 64)")
-    width: int = arg(64, "n, the filters of the first encoder block and of every decoder layer (paper: 128 at 128x128)")
-    gamma: float = arg(0.5, "diversity ratio gamma = E[L(G(z))] / E[L(x)] that k_t steers to (paper: 0.5)")
-    lambda_k: float = arg(0.001, "proportional gain lambda_k of the k_t update (paper: 0.001)")
-    k_init: float = arg(0.0, "k_0, the starting k_t (paper: 0; short runs collapse unless it starts near 0.5)")
-    lr: float = arg(1e-4, "Adam learning rate for D, and for G unless --lr-g (paper: 1e-4, range [5e-5, 1e-4])")
-    lr_g: typing.Optional[float] = arg(None, "Adam learning rate for G (default: --lr, one rate as in the paper)")
-    beta1: float = arg(0.9, "Adam beta1 (paper: Adam defaults)")
-    beta2: float = arg(0.999, "Adam beta2 (paper: Adam defaults)")
-    lr_window: int = arg(1000, "halve the lr when mean M_global over windows of N steps stalls (0: never; paper: 'when M stalls')")
-    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global that are tolerated: the lr halves at the next one")
+    z_dim: int = arg(64, "dimension of z ~ U(-1, 1) (paper: Nz = 64)", within="[1, inf)")
+    h_dim: int = arg(64, "dimension of the autoencoder embedding h (paper: Nh = 64)", within="[1, inf)")
+    width: int = arg(64, "n, the filters of the first encoder block and of every decoder layer (paper: 128 at 128x128)", within="[1, inf)")
+    gamma: float = arg(0.5, "diversity ratio gamma = E[L(G(z))] / E[L(x)] that k_t steers to (paper: 0.5)", within="(0, 1]")
+    lambda_k: float = arg(0.001, "proportional gain lambda_k of the k_t update (paper: 0.001)", within="[0, inf)")
+    k_init: float = arg(0.0, "k_0, the starting k_t (paper: 0; short runs collapse unless it starts near 0.5)", within="[0, 1]")
+    lr: float = arg(1e-4, "Adam learning rate for D, and for G unless --lr-g (paper: 1e-4, range [5e-5, 1e-4])", within="(0, inf)")
+    lr_g: typing.Optional[float] = arg(None, "Adam learning rate for G (default: --lr, one rate as in the paper)", within="(0, inf)")
+    beta1: float = arg(0.9, "Adam beta1 (paper: Adam defaults)", within="[0, 1)")
+    beta2: float = arg(0.999, "Adam beta2 (paper: Adam defaults)", within="[0, 1)")
+    lr_window: int = arg(1000, "halve the lr when mean M_global over windows of N steps stalls (0: never; paper: 'when M stalls')", within="[0, inf)")
+    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global that are tolerated: the lr halves at the next one", within="[0, inf)")
 
 
 def conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -210,14 +210,6 @@ def main():
     run = Run.start("began", Args, "BEGAN: Boundary Equilibrium Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 8 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 8, got {args.image_size}")
-        if not 0 < args.gamma <= 1:
-            raise UserError(f"--gamma must be in (0, 1], got {args.gamma}")
-        if not 0 <= args.k_init <= 1:
-            raise UserError(f"--k-init must be in [0, 1], got {args.k_init}")
-        if args.width < 1 or args.h_dim < 1 or args.lr_window < 0 or args.lr_patience < 0:
-            raise UserError("--width and --h-dim must be at least 1, --lr-window and --lr-patience 0 or more")
         data = run.load_data(args.image_size)
         G = Decoder(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Discriminator(args.h_dim, args.width, args.image_size, data.shape[0]).to(device)

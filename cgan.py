@@ -30,21 +30,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, export_images, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
     dataset: str = arg("mnist", "a labelled dataset: mnist, fashion_mnist, cifar10, or a folder with one sub-folder per class")
-    image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 28x28 MNIST with an MLP; DCGAN: 64)")
+    image_size: int = arg(64, "training resolution (paper: 28x28 MNIST with an MLP; DCGAN: 64)", within="[32, inf)", power_of_two=True)
     batch_size: int = arg(128, "batch size per GPU (paper: 100; DCGAN: 128)")
-    z_dim: int = arg(100, "dimension of z (paper: 100)")
-    embed_dim: int = arg(50, "size of G's label embedding (the paper maps one-hot y through a 1000-unit layer)")
-    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)")
-    lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN: 2e-4; the paper used SGD, lr 0.1 decayed)")
-    beta1: float = arg(0.5, "Adam beta1 (DCGAN: 0.5)")
-    beta2: float = arg(0.999, "Adam beta2 (DCGAN: default 0.999)")
+    z_dim: int = arg(100, "dimension of z (paper: 100)", within="[1, inf)")
+    embed_dim: int = arg(50, "size of G's label embedding (the paper maps one-hot y through a 1000-unit layer)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)", within="[1, inf)")
+    lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN: 2e-4; the paper used SGD, lr 0.1 decayed)", within="(0, inf)")
+    beta1: float = arg(0.5, "Adam beta1 (DCGAN: 0.5)", within="[0, 1)")
+    beta2: float = arg(0.999, "Adam beta2 (DCGAN: default 0.999)", within="[0, 1)")
     sample_every: int = arg(1000, "sample grid (one row per class) every N steps (0: only at the end)")
     fid_samples: int = arg(10000, "generated images per FID (labels drawn as in the training set)")
     export: int = arg(0, "after training, write N class-balanced PNGs named <class>_<index>.png to RUN_DIR/export")
@@ -163,10 +163,6 @@ def main():
     run = Run.start("cgan", Args, "Conditional Generative Adversarial Nets")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 32 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
-        if args.embed_dim < 1:
-            raise UserError(f"--embed-dim must be at least 1, got {args.embed_dim}")
         data = run.load_data(args.image_size, need_labels=True)
         channels, num_classes = data.shape[0], data.num_classes
         G = Generator(args.z_dim, num_classes, args.embed_dim, args.width, args.image_size, channels).to(device)

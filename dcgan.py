@@ -26,19 +26,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 64)")
+    image_size: int = arg(64, "training resolution (paper: 64)", within="[32, inf)", power_of_two=True)
     batch_size: int = arg(128, "batch size per GPU (paper: 128)")
-    z_dim: int = arg(100, "dimension of z (paper: 100)")
-    width: int = arg(64, "channels of the last G layer and first D layer (PyTorch port: 64, 512 at 4x4; authors' code: 128)")
-    lr: float = arg(2e-4, "Adam learning rate for G and D (paper: 2e-4)")
-    beta1: float = arg(0.5, "Adam beta1 (paper: 0.5; 0.9 oscillated)")
-    beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)")
+    z_dim: int = arg(100, "dimension of z (paper: 100)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first D layer (PyTorch port: 64, 512 at 4x4; authors' code: 128)", within="[1, inf)")
+    lr: float = arg(2e-4, "Adam learning rate for G and D (paper: 2e-4)", within="(0, inf)")
+    beta1: float = arg(0.5, "Adam beta1 (paper: 0.5; 0.9 oscillated)", within="[0, 1)")
+    beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)", within="[0, 1)")
 
 
 def init_weights(m: nn.Module):
@@ -138,8 +138,6 @@ def main():
                     "Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 32 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Discriminator(args.width, args.image_size, data.shape[0]).to(device)

@@ -30,21 +30,21 @@ import math
 import torch
 import torch.nn as nn
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 112x112 LSUN with a larger net)")
+    image_size: int = arg(64, "training resolution (paper: 112x112 LSUN with a larger net)", within="[32, inf)", power_of_two=True)
     batch_size: int = arg(128, "batch size per GPU (DCGAN: 128)")
-    z_dim: int = arg(100, "dimension of z (DCGAN: 100)")
-    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)")
+    z_dim: int = arg(100, "dimension of z (DCGAN: 100)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first D layer (dcgan.py's: 64, 512 at 4x4)", within="[1, inf)")
     coding: str = arg("0-1-1", "targets a-b-c: 0-1-1 (paper's experiments) or m1-1-0, i.e. (-1, 1, 0), the "
                       "Pearson chi^2 coding", choices=["0-1-1", "m1-1-0"])
-    lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN's 2e-4; the authors' LSUN code used 1e-3 with their larger net)")
-    beta1: float = arg(0.5, "Adam beta1 (paper: 0.5)")
-    beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)")
+    lr: float = arg(2e-4, "Adam learning rate for G and D (DCGAN's 2e-4; the authors' LSUN code used 1e-3 with their larger net)", within="(0, inf)")
+    beta1: float = arg(0.5, "Adam beta1 (paper: 0.5)", within="[0, 1)")
+    beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)", within="[0, 1)")
 
 
 def init_weights(m: nn.Module):
@@ -148,8 +148,6 @@ def main():
     run = Run.start("lsgan", Args, "Least Squares Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 32 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Discriminator(args.width, args.image_size, data.shape[0]).to(device)

@@ -59,27 +59,27 @@ from common.run import Run, frozen
 @dataclasses.dataclass
 class Args(RunArgs):
     dataset: str = arg("grid25", "ring8, grid25, or an image dataset (mnist, fashion_mnist, cifar10, celeba, a folder)")
-    image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)")
+    image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)", within="[4, inf)")
     batch_size: int = arg(512, "batch size per GPU (paper: 100; 512 keeps more 2-D modes)")
     steps: int = arg(8000, "generator updates to train for")
     flip: Optional[bool] = arg(False, "random horizontal flips of image data (paper: none)")
     loss: str = arg("nonsaturating", "generator loss (paper eq. 1 or its sec. 3 variant)", choices=["minimax", "nonsaturating"])
-    d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)")
-    z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)")
-    hidden: int = arg(128, "units per hidden layer")
-    layers: int = arg(3, "hidden layers in G and in D")
-    maxout: int = arg(2, "pieces per maxout unit in D (paper: maxout D)")
-    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)")
-    lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)")
-    beta1: float = arg(0.5, "Adam beta1")
+    d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)", within="[1, inf)")
+    z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)", within="[1, inf)")
+    hidden: int = arg(128, "units per hidden layer", within="[1, inf)")
+    layers: int = arg(3, "hidden layers in G and in D", within="[1, inf)")
+    maxout: int = arg(2, "pieces per maxout unit in D (paper: maxout D)", within="[1, inf)")
+    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)", within="[0, 1)")
+    lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)", within="(0, inf)")
+    beta1: float = arg(0.5, "Adam beta1", within="[0, 1)")
     # Remedies for mode collapse, all off by default (the header cites each)
     feature_matching: bool = arg(False, "G matches the mean of D's last hidden layer on real and fake (paper: Salimans et al. sec. 3.1)")
-    minibatch_disc: int = arg(0, "kernels B of the minibatch discrimination layer, 0: off (paper: Salimans et al. sec. 3.2; their CIFAR code: 100)")
-    minibatch_dim: int = arg(5, "dimension C of each minibatch-discrimination kernel (paper: their code's 5)")
-    label_smoothing: float = arg(0.0, "one-sided label smoothing: real target 1 - this (paper: Salimans et al. sec. 3.4, target .9)")
-    historical_averaging: float = arg(0.0, "weight of ||theta - mean of past theta||^2 in each player's loss, 0: off (paper: Salimans et al. sec. 3.3; the weight is ours)")
-    unroll: int = arg(0, "D steps G looks ahead through, 0: off (paper: Metz et al. 2017; VEEGAN's runs and the authors' notebook: 5)")
-    pack: int = arg(1, "samples per D input, 1: off (paper: PacGAN; 2, 3 or 4)")
+    minibatch_disc: int = arg(0, "kernels B of the minibatch discrimination layer, 0: off (paper: Salimans et al. sec. 3.2; their CIFAR code: 100)", within="[0, inf)")
+    minibatch_dim: int = arg(5, "dimension C of each minibatch-discrimination kernel (paper: their code's 5)", within="[1, inf)")
+    label_smoothing: float = arg(0.0, "one-sided label smoothing: real target 1 - this (paper: Salimans et al. sec. 3.4, target .9)", within="[0, 1)")
+    historical_averaging: float = arg(0.0, "weight of ||theta - mean of past theta||^2 in each player's loss, 0: off (paper: Salimans et al. sec. 3.3; the weight is ours)", within="[0, inf)")
+    unroll: int = arg(0, "D steps G looks ahead through, 0: off (paper: Metz et al. 2017; VEEGAN's runs and the authors' notebook: 5)", within="[0, inf)")
+    pack: int = arg(1, "samples per D input, 1: off (paper: PacGAN; 2, 3 or 4)", within="[1, inf)")
     log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode metrics)")
     sample_every: int = arg(2000, "sample picture every N steps (0: only at the end)")
     ckpt_every: int = arg(2000, "checkpoint every N steps (0: only at the end)")
@@ -275,13 +275,6 @@ def main():
     run = Run.start("minimal_gan", Args, "Generative Adversarial Nets")
     args, device = run.args, run.device
     with user_errors():
-        if args.d_steps < 1 or args.hidden < 1 or args.layers < 1 or args.maxout < 1:
-            raise UserError("--d-steps, --hidden, --layers and --maxout must be at least 1")
-        if min(args.pack, args.minibatch_dim) < 1 or min(args.unroll, args.minibatch_disc, args.historical_averaging) < 0:
-            raise UserError("--pack and --minibatch-dim must be at least 1; --unroll, --minibatch-disc and "
-                            "--historical-averaging 0 or more")
-        if not 0 <= args.label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
         if args.feature_matching and args.unroll:
             raise UserError("--feature-matching and --unroll each replace G's loss: choose one")
         if (args.feature_matching or args.unroll) and (run.compile or run.world > 1):

@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 # Per-GPU batch size at each resolution (appendix A.1: 16 for 4^2-128^2, then 14, 6, 3 for memory).
@@ -61,19 +61,19 @@ BATCH_SIZES = {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(128, "final resolution, a power of two from 8 to 1024 (paper: 1024 CelebA-HQ, 128 CelebA)")
-    batch_size: int = arg(16, "cap on the per-GPU batch of BATCH_SIZES, at most 16 (paper: 16 up to 128x128, then 14, 6, 3)")
+    image_size: int = arg(128, "final resolution (paper: 1024 CelebA-HQ, 128 CelebA)", within="[8, 1024]", power_of_two=True)
+    batch_size: int = arg(16, "cap on the per-GPU batch of BATCH_SIZES (paper: 16 up to 128x128, then 14, 6, 3)", within="[1, 16]")
     steps: int = arg(0, "generator updates to train for (0: to the end of the growing schedule)")
-    z_dim: int = arg(512, "dimension of z (paper: 512)")
-    max_channels: int = arg(512, "channel cap; channels are min(this, 16384 / resolution) (paper: 512)")
-    kimg_per_phase: float = arg(800.0, "thousands of real images per fade-in and per stabilisation phase (paper: 800)")
-    lr: float = arg(1e-3, "Adam learning rate for G and D (paper: 1e-3)")
-    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
-    beta2: float = arg(0.99, "Adam beta2 (paper: 0.99)")
-    adam_eps: float = arg(1e-8, "Adam epsilon (paper: 1e-8)")
-    gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)")
-    eps_drift: float = arg(0.001, "weight of the drift term E[D(x)^2] (paper: 0.001)")
-    mbstd_group: int = arg(4, "group size of the minibatch standard deviation (released code: 4; paper: whole batch)")
+    z_dim: int = arg(512, "dimension of z (paper: 512)", within="[1, inf)")
+    max_channels: int = arg(512, "channel cap; channels are min(this, 16384 / resolution) (paper: 512)", within="[1, inf)")
+    kimg_per_phase: float = arg(800.0, "thousands of real images per fade-in and per stabilisation phase (paper: 800)", within="[0.001, inf)")
+    lr: float = arg(1e-3, "Adam learning rate for G and D (paper: 1e-3)", within="(0, inf)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)", within="[0, 1)")
+    beta2: float = arg(0.99, "Adam beta2 (paper: 0.99)", within="[0, 1)")
+    adam_eps: float = arg(1e-8, "Adam epsilon (paper: 1e-8)", within="(0, inf)")
+    gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)", within="[0, inf)")
+    eps_drift: float = arg(0.001, "weight of the drift term E[D(x)^2] (paper: 0.001)", within="[0, inf)")
+    mbstd_group: int = arg(4, "group size of the minibatch standard deviation (released code: 4; paper: whole batch)", within="[1, inf)")
     ema: bool = arg(True, "sample, export and score with an EMA of G's weights (paper: yes)")
     ema_decay: float = arg(0.999, "EMA decay per step (paper: 0.999)")
 
@@ -319,12 +319,6 @@ def main():
     run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size not in BATCH_SIZES or args.image_size < 8:
-            raise UserError(f"--image-size must be a power of two from 8 to 1024, got {args.image_size}")
-        if args.batch_size > max(BATCH_SIZES.values()):
-            raise UserError(f"--batch-size caps the paper's per-resolution batch (at most 16), got {args.batch_size}")
-        if args.kimg_per_phase * 1000 < 1:
-            raise UserError(f"--kimg-per-phase must be at least 0.001, got {args.kimg_per_phase}")
         data = run.load_data(args.image_size)
         phase_images = round(args.kimg_per_phase * 1000)
         end_step = steps_to_end(args.image_size, phase_images, args.batch_size, run.world)

@@ -44,15 +44,16 @@ from common.run import Run, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution, a power of two >= 16 (paper: 128)")
+    image_size: int = arg(64, "training resolution (paper: 128)", within="[16, inf)", power_of_two=True)
     batch_size: int = arg(64, "batch size per GPU (paper: 256)")
-    z_dim: int = arg(128, "dimension of z (paper: 128)")
-    width: int = arg(64, "channels at full resolution; halving the size doubles them, up to 16x (paper: 64)")
+    z_dim: int = arg(128, "dimension of z (paper: 128)", within="[1, inf)")
+    width: int = arg(64, "channels at full resolution; halving the size doubles them, up to 16x (paper: 64; "
+                     "attention takes width / 8)", within="[8, inf)")
     attn_res: int = arg(32, "feature-map size of the self-attention block in G and D (paper: best at 32 and 64; 0: none)")
-    lr_g: float = arg(1e-4, "Adam learning rate of G (paper: 1e-4, two-timescale rule)")
-    lr_d: float = arg(4e-4, "Adam learning rate of D (paper: 4e-4)")
-    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
-    beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)")
+    lr_g: float = arg(1e-4, "Adam learning rate of G (paper: 1e-4, two-timescale rule)", within="(0, inf)")
+    lr_d: float = arg(4e-4, "Adam learning rate of D (paper: 4e-4)", within="(0, inf)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)", within="[0, 1)")
+    beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)", within="[0, 1)")
 
 
 def sn_conv(c_in: int, c_out: int, kernel_size: int, bias: bool = True) -> nn.Module:
@@ -194,13 +195,9 @@ def main():
     run = Run.start("sagan", Args, "Self-Attention Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 16 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 16, got {args.image_size}")
         if args.attn_res and (args.attn_res not in [2 ** i for i in range(3, 16)] or args.attn_res >= args.image_size):
             raise UserError(f"--attn-res must be 0 or a power of two from 8 to half the image size "
                             f"({args.image_size // 2}), got {args.attn_res}")
-        if args.width < 8:
-            raise UserError(f"--width must be at least 8 (attention uses width/8 channels), got {args.width}")
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0], args.attn_res).to(device)
         D = Discriminator(args.width, args.image_size, data.shape[0], args.attn_res).to(device)

@@ -42,24 +42,24 @@ from common.run import Run, export_images, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution, a power of two >= 8 (paper: 256 to 1024)")
+    image_size: int = arg(64, "training resolution (paper: 256 to 1024)", within="[8, inf)", power_of_two=True)
     batch_size: int = arg(32, "batch size per GPU (paper: 32 in total)")
     steps: int = arg(50000, "generator updates to train for (paper: 25M images, i.e. 780k steps at batch 32)")
-    z_dim: int = arg(512, "dimension of z (paper: 512)")
-    w_dim: int = arg(512, "dimension of w (paper: 512)")
-    mapping_layers: int = arg(8, "fully connected layers of the mapping network (paper: 8)")
-    mapping_lr_mul: float = arg(0.01, "learning-rate multiplier of the mapping network (paper: 0.01)")
-    channel_base: int = arg(16384, "channels at resolution r: min(channel_base / r, channel_max) (paper: 32768 in config F, 16384 in A-E)")
-    channel_max: int = arg(512, "most channels in any layer (paper: 512)")
-    mbstd_group: int = arg(4, "minibatch stddev group size (paper: 4; the gcd with the batch is used)")
-    lr: float = arg(0.002, "Adam learning rate for G and D (paper: 0.002)")
-    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
-    beta2: float = arg(0.99, "Adam beta2 (paper: 0.99)")
+    z_dim: int = arg(512, "dimension of z (paper: 512)", within="[1, inf)")
+    w_dim: int = arg(512, "dimension of w (paper: 512)", within="[1, inf)")
+    mapping_layers: int = arg(8, "fully connected layers of the mapping network (paper: 8)", within="[1, inf)")
+    mapping_lr_mul: float = arg(0.01, "learning-rate multiplier of the mapping network (paper: 0.01)", within="(0, inf)")
+    channel_base: int = arg(16384, "channels at resolution r: min(channel_base / r, channel_max) (paper: 32768 in config F, 16384 in A-E)", within="[1, inf)")
+    channel_max: int = arg(512, "most channels in any layer (paper: 512)", within="[1, inf)")
+    mbstd_group: int = arg(4, "minibatch stddev group size (paper: 4; the gcd with the batch is used)", within="[1, inf)")
+    lr: float = arg(0.002, "Adam learning rate for G and D (paper: 0.002)", within="(0, inf)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)", within="[0, 1)")
+    beta2: float = arg(0.99, "Adam beta2 (paper: 0.99)", within="[0, 1)")
     r1_gamma: Optional[float] = arg(None, "R1 weight gamma (default: 0.0002 * size^2 / batch, the StyleGAN2-ADA "
-                                          "heuristic; paper: 10 for FFHQ 1024x1024)")
-    r1_every: int = arg(16, "lazy R1: penalize every N D steps, scaled by N (paper: 16)")
-    mixing_prob: float = arg(0.9, "style mixing probability (paper: 0.9)")
-    truncation_psi: float = arg(1.0, "truncation psi for sample grids and --export (1: none; FID always uses 1)")
+                                          "heuristic; paper: 10 for FFHQ 1024x1024)", within="[0, inf)")
+    r1_every: int = arg(16, "lazy R1: penalize every N D steps, scaled by N (paper: 16)", within="[1, inf)")
+    mixing_prob: float = arg(0.9, "style mixing probability (paper: 0.9)", within="[0, 1]")
+    truncation_psi: float = arg(1.0, "truncation psi for sample grids and --export (1: none; FID always uses 1)", within="(-inf, inf)")
     ema: bool = arg(True, "sample, export and score with an EMA of G's weights (paper: yes)")
     ema_decay: Optional[float] = arg(None, "EMA decay per step (default: a half-life of 10k images as in the paper, "
                                            "0.5 ** (batch * gpus / 10000))")
@@ -313,13 +313,9 @@ def main():
     run = Run.start("stylegan_lite", Args, "Analyzing and Improving the Image Quality of StyleGAN")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 8 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 8, got {args.image_size}")
         if args.channel_base < args.image_size or args.channel_max < 1:
             raise UserError(f"--channel-base ({args.channel_base}) must be >= --image-size ({args.image_size}) and "
                             f"--channel-max >= 1, so every resolution has at least one channel")
-        if not 0 <= args.mixing_prob <= 1:
-            raise UserError(f"--mixing-prob must be in [0, 1], got {args.mixing_prob}")
         data = run.load_data(args.image_size)
         total_batch = args.batch_size * run.world
         r1_gamma = args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / total_batch

@@ -29,20 +29,20 @@ import math
 import torch
 import torch.nn as nn
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
     dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images (paper: LSUN bedrooms)")
-    image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 64)")
+    image_size: int = arg(64, "training resolution (paper: 64)", within="[32, inf)", power_of_two=True)
     batch_size: int = arg(64, "batch size per GPU (paper: 64)")
-    z_dim: int = arg(100, "dimension of z (paper's code: 100)")
-    width: int = arg(64, "channels of the last G layer and first critic layer (paper's code: 64)")
-    lr: float = arg(5e-5, "RMSprop learning rate for G and the critic (paper: 5e-5)")
-    clip: float = arg(0.01, "critic weights are clipped to [-clip, clip] (paper: c = 0.01)")
-    n_critic: int = arg(5, "critic updates per generator update (paper: 5)")
+    z_dim: int = arg(100, "dimension of z (paper's code: 100)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first critic layer (paper's code: 64)", within="[1, inf)")
+    lr: float = arg(5e-5, "RMSprop learning rate for G and the critic (paper: 5e-5)", within="(0, inf)")
+    clip: float = arg(0.01, "critic weights are clipped to [-clip, clip] (paper: c = 0.01)", within="(0, inf)")
+    n_critic: int = arg(5, "critic updates per generator update (paper: 5)", within="[1, inf)")
     critic_burst: bool = arg(True, "100 critic updates for the first 25 G updates and every 500th (authors' code)")
 
 
@@ -163,10 +163,6 @@ def main():
     run = Run.start("wgan", Args, "Wasserstein GAN")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 32 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
-        if not args.clip > 0:
-            raise UserError(f"--clip must be positive, got {args.clip}")
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Critic(args.width, args.image_size, data.shape[0]).to(device)

@@ -31,23 +31,23 @@ import math
 import torch
 import torch.nn as nn
 
-from common.cli import RunArgs, UserError, arg, user_errors
+from common.cli import RunArgs, arg, user_errors
 from common.run import Run, frozen
 
 
 @dataclasses.dataclass
 class Args(RunArgs):
     dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images (paper: LSUN, CIFAR-10)")
-    image_size: int = arg(64, "training resolution, a power of two >= 32 (paper: 32 and 64)")
+    image_size: int = arg(64, "training resolution (paper: 32 and 64)", within="[32, inf)", power_of_two=True)
     batch_size: int = arg(64, "batch size per GPU (paper: 64)")
     steps: int = arg(20000, "generator updates to train for (authors' 64x64 code: 200000)")
-    z_dim: int = arg(128, "dimension of z (authors' code: 128)")
-    width: int = arg(64, "channels of the last G layer and first critic layer (authors' code: 64)")
-    lr: float = arg(1e-4, "Adam learning rate for G and the critic (paper: 1e-4)")
-    beta1: float = arg(0.0, "Adam beta1 (paper: 0)")
-    beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)")
-    gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)")
-    n_critic: int = arg(5, "critic updates per generator update (paper: 5)")
+    z_dim: int = arg(128, "dimension of z (authors' code: 128)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first critic layer (authors' code: 64)", within="[1, inf)")
+    lr: float = arg(1e-4, "Adam learning rate for G and the critic (paper: 1e-4)", within="(0, inf)")
+    beta1: float = arg(0.0, "Adam beta1 (paper: 0)", within="[0, 1)")
+    beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)", within="[0, 1)")
+    gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)", within="[0, inf)")
+    n_critic: int = arg(5, "critic updates per generator update (paper: 5)", within="[1, inf)")
 
 
 def init_weights(m: nn.Module):
@@ -183,10 +183,6 @@ def main():
     run = Run.start("wgan_gp", Args, "Improved Training of Wasserstein GANs")
     args, device = run.args, run.device
     with user_errors():
-        if args.image_size < 32 or args.image_size & (args.image_size - 1):
-            raise UserError(f"--image-size must be a power of two >= 32, got {args.image_size}")
-        if args.gp_lambda < 0:
-            raise UserError(f"--gp-lambda must be 0 or more, got {args.gp_lambda}")
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Critic(args.width, args.image_size, data.shape[0]).to(device)

@@ -39,9 +39,19 @@ def user_errors():
         sys.exit(2)
 
 
-def arg(default, help, **kw):
-    """A dataclass field with a help string (and optional argparse `choices`)."""
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+def arg(default, help, within: str = None, power_of_two: bool = False, **kw):
+    """A dataclass field with a help string, and the values the flag takes: `within` an interval such as "[1, inf)"
+    or "(0, 1]" (NaN is in none), `power_of_two`, or argparse's `choices`. parse_args checks them and --help
+    shows them; a script that re-declares a shared flag to change its default keeps RunArgs' limits."""
+    return dataclasses.field(default=default, metadata={"help": help, "within": within, "power_of_two": power_of_two,
+                                                        **kw})
+
+
+def in_interval(value, interval: str) -> bool:
+    """value in "[a, b)" and the like (inf allowed as a bound; NaN is in no interval)."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    return (value >= low if interval[0] == "[" else value > low) and (value <= high if interval[-1] == "]" else
+                                                                    value < high)
 
 
 @dataclasses.dataclass
@@ -50,30 +60,30 @@ class RunArgs:
     re-declares a shared flag only to change its default (batch size, steps, EMA)."""
     dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images")
     data_dir: str = arg("data", "where datasets and their decoded caches live")
-    batch_size: int = arg(64, "batch size per GPU")
-    steps: int = arg(20000, "generator updates to train for")
+    batch_size: int = arg(64, "batch size per GPU", within="[1, inf)")
+    steps: int = arg(20000, "generator updates to train for", within="[0, inf)")
     flip: typing.Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
     ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
-    ema_decay: float = arg(0.999, "EMA decay per step")
-    seed: int = arg(0, "random seed")
+    ema_decay: float = arg(0.999, "EMA decay per step", within="[0, 1]")
+    seed: int = arg(0, "random seed", within="[0, 1e18]")
     device: str = arg("auto", "cuda, cuda:N, cpu, or auto")
     compile: typing.Optional[bool] = arg(None, "torch.compile G and D (default: on for CUDA, off on the CPU)")
     amp: str = arg("auto", "autocast dtype: auto = bf16 on CUDA (fp16 where bf16 is missing), off on the CPU",
                    choices=["auto", "bf16", "fp16", "off"])
     run_dir: typing.Optional[str] = arg(None, "where config, metrics, samples and checkpoint are written (default: runs/SCRIPT)")
     overwrite: bool = arg(False, "start a new run in a --run-dir that holds one (its checkpoint, metrics and samples go)")
-    log_every: int = arg(100, "console and metrics line every N steps")
-    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)")
-    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)")
+    log_every: int = arg(100, "console and metrics line every N steps", within="[1, inf)")
+    sample_every: int = arg(1000, "sample grid every N steps (0: only at the end)", within="[0, inf)")
+    ckpt_every: int = arg(1000, "checkpoint every N steps (0: only at the end)", within="[0, inf)")
     fid: str = arg("auto", "FID during and after training: auto = on CUDA only", choices=["auto", "on", "off"])
-    fid_every: int = arg(5000, "FID every N steps (0: only at the end)")
-    fid_samples: int = arg(10000, "generated images per FID")
+    fid_every: int = arg(5000, "FID every N steps (0: only at the end)", within="[0, inf)")
+    fid_samples: int = arg(10000, "generated images per FID", within="[2, inf)")
     fid_weights: typing.Optional[str] = arg(None, "FID Inception weights file (default: download once)")
     resume: typing.Optional[str] = arg(None, "run directory to continue from its checkpoint")
     track: bool = arg(False, "log to Weights & Biases")
     wandb_project: str = arg("gan-reference", "wandb project")
     wandb_entity: typing.Optional[str] = arg(None, "wandb entity")
-    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export")
+    export: int = arg(0, "after training, write N generated PNGs to RUN_DIR/export", within="[0, inf)")
 
 
 # Flags whose values may differ when a run is resumed; any other flag given with --resume
@@ -81,11 +91,11 @@ class RunArgs:
 RESUMABLE = {"steps", "device", "compile", "amp", "run_dir", "log_every", "sample_every",
              "ckpt_every", "fid_every", "fid_samples", "fid_weights", "fid", "resume",
              "track", "wandb_project", "wandb_entity", "export", "data_dir", "overwrite"}
-# Integer flags that must be >= 1 (0 is allowed for the other *_every flags: it switches them off).
-POSITIVE = {"image_size", "batch_size", "z_dim", "fid_samples", "n_critic", "log_every", "width", "w_dim",
-            "mapping_layers", "r1_every", "mbstd_group", "max_channels"}
-NON_NEGATIVE = {"steps", "sample_every", "ckpt_every", "fid_every", "export"}
-LEARNING_RATES, BETAS = {"lr", "lr_g", "lr_d"}, {"beta1", "beta2"}  # else the optimisers raise mid-setup
+def _limits(f: dataclasses.Field):
+    """(within, power_of_two) of a field; a shared flag re-declared by a script keeps RunArgs' limits."""
+    shared = {g.name: g for g in dataclasses.fields(RunArgs)}.get(f.name)
+    own = (f.metadata.get("within"), f.metadata.get("power_of_two", False))
+    return own if own != (None, False) or shared is None else (shared.metadata["within"], shared.metadata["power_of_two"])
 
 
 def _build_parser(cls, description, suppress):
@@ -94,7 +104,9 @@ def _build_parser(cls, description, suppress):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kw = {"help": f.metadata.get("help", "")}
+        within, power_of_two = _limits(f)
+        kw = {"help": f.metadata.get("help", "") + (f"; a power of two in {within}" if power_of_two else
+                                                    f"; in {within}" if within else "")}
         if not suppress:
             kw["default"] = f.default
         typ = hints[f.name]
@@ -114,20 +126,13 @@ def parse_args(cls, description, argv=None):
     args = cls(**vars(_build_parser(cls, description, False).parse_args(argv)))
     given = set(vars(_build_parser(cls, description, True).parse_args(argv)))
     with user_errors():
-        for name in POSITIVE:
-            if getattr(args, name, None) is not None and getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        for name in NON_NEGATIVE:
-            if getattr(args, name, None) is not None and getattr(args, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-        for name in LEARNING_RATES:
-            if getattr(args, name, None) is not None and not 0 < getattr(args, name) < float("inf"):
-                raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(args, name)}")
-        if getattr(args, "ema_decay", None) is not None and not 0 <= args.ema_decay <= 1:
-            raise UserError(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
-        for name in BETAS:
-            if getattr(args, name, None) is not None and not 0 <= getattr(args, name) < 1:
-                raise UserError(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+        for f in dataclasses.fields(cls):
+            value, flag, (within, power_of_two) = getattr(args, f.name), "--" + f.name.replace("_", "-"), _limits(f)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if within and not in_interval(value, within):
+                    raise UserError(f"{flag} must be in {within}, got {value}")
+                if power_of_two and value & (value - 1):
+                    raise UserError(f"{flag} must be a power of two, got {value}")
     return args, given
 
 
@@ -156,6 +161,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise UserError(f"--device {name!r} is not a device name ({e})") from None
+    if device.type not in ("cuda", "cpu"):  # mps, xpu, meta: not what the scripts are built and tested for
+        raise UserError(f"--device {name}: these scripts run on cuda, cuda:N or cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
     return device

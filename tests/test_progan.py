@@ -182,7 +182,7 @@ def test_bf16_and_bad_input(mnist_dir, tmp_path):
     rows = [r for r in metrics(tmp_path / "r") if "d_loss" in r]
     assert rows and all(math.isfinite(r["d_loss"]) and math.isfinite(r["gp"]) for r in rows)
     assert rows[-1]["res"] == 8  # the bf16 run reached a fade-in
-    for bad, says in ((["--image-size", "24"], "power of two"), (["--batch-size", "32"], "at most 16"),
+    for bad, says in ((["--image-size", "24"], "power of two"), (["--batch-size", "32"], "in [1, 16]"),
                       (["--kimg-per-phase", "0"], "kimg-per-phase"), (["--dataset", "ring8"], "images")):
         proc = run_in_process("progan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
         assert proc.returncode == 2 and proc.stderr.startswith("error:") and says in proc.stderr, proc.stderr

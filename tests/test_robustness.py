@@ -327,7 +327,7 @@ def test_image_size_not_a_power_of_two(script, mnist_dir, tmp_path):
 @pytest.mark.parametrize("script, batch", [("progan", "0"), ("stylegan_lite", "-4")])
 def test_batch_size_below_one(script, batch, mnist_dir, tmp_path):
     proc = refuse(script, *tiny(script, mnist_dir, "--batch-size", batch, "--run-dir", tmp_path / "r"))
-    assert_user_error(proc, "--batch-size must be at least 1", batch)
+    assert_user_error(proc, "--batch-size must be in [1, ", batch)
 
 
 @pytest.mark.parametrize("script", ["minimal_gan", "progan"])

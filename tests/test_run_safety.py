@@ -55,7 +55,7 @@ def test_a_run_that_ends_here_while_another_starts_is_kept(resume, mnist_dir, tm
 
     monkeypatch.setattr(run_module, "lock_run_dir", a_finishes_first)
     proc = dcgan(mnist_dir, out, "--steps", "3", *(["--resume", out] if resume else []), check=False)
-    assert_user_error(proc, *(["changed after this run read it", f"--resume"] if resume else
+    assert_user_error(proc, *(["changed after this run read it", "--resume"] if resume else
                               [f"{out} holds a run", "--overwrite"]))
     assert (out / "checkpoint.pt").read_bytes() == b"run A's checkpoint"
     assert (out / "metrics.jsonl").read_text() == '{"step": 2}\n'
@@ -178,8 +178,12 @@ def test_fid_weights_that_are_not_the_network_stop_the_run_at_once(mnist_dir, tm
 
 def test_fid_from_a_single_image_is_refused_before_the_run(mnist_dir, tmp_path):
     """One sample (or a one-image dataset) ended in NumPy warnings and 'eigh failed to converge' mid-run."""
-    proc = dcgan(mnist_dir, tmp_path / "r", "--steps", "1", "--fid", "on", "--fid-samples", "1", check=False)
-    assert_user_error(proc, "FID needs at least two images", "--fid-samples 1", "--fid off")
+    from helpers import write_image_folder
+    assert_user_error(run_in_process("dcgan.py", "--fid-samples", "1"), "--fid-samples must be in [2, inf)")
+    one = write_image_folder(tmp_path / "one", classes=("a",), per_class=1)
+    proc = run_here("dcgan.py", "--dataset", one, "--data-dir", tmp_path / "d", "--image-size", "32", "--width", "8",
+                    "--steps", "1", "--fid", "on", "--run-dir", tmp_path / "r", check=False)
+    assert_user_error(proc, "FID needs at least two images", "a dataset of about 1", "--fid off")
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
@@ -200,11 +204,28 @@ def test_a_failing_fid_turns_itself_off_and_the_run_ends_with_its_checkpoint(mni
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
-@pytest.mark.parametrize("flag, value", [("--ema-decay", "nan"), ("--ema-decay", "2"), ("--ema-decay", "-1"),
-                                         ("--lr", "inf"), ("--lr", "nan")])
-def test_nonsense_rates_are_refused(flag, value, tmp_path):
-    proc = run_in_process("dcgan.py", flag, value, "--run-dir", tmp_path / "r")
-    assert_user_error(proc, flag)
+@pytest.mark.parametrize("script, flag, value", [
+    ("dcgan", "--ema-decay", "nan"), ("dcgan", "--ema-decay", "2"), ("dcgan", "--ema-decay", "-1"),
+    ("dcgan", "--lr", "inf"), ("dcgan", "--lr", "nan"), ("dcgan", "--seed", str(10**23)),
+    ("minimal_gan", "--dropout", "1.5"), ("progan", "--adam-eps", "-1"), ("progan", "--kimg-per-phase", "nan"),
+    ("progan", "--kimg-per-phase", "inf"), ("stylegan_lite", "--mapping-lr-mul", "0"),
+    ("stylegan_lite", "--r1-gamma", "-5"), ("began", "--lambda-k", "-1"), ("wgan_gp", "--gp-lambda", "nan")])
+def test_nonsense_values_are_refused_by_the_flags_declared_limits(script, flag, value, tmp_path):
+    """Each flag declares the values it takes (arg(..., within="[0, 1)")): checked before any data is read (there
+    is none here), named in one line."""
+    proc = run_in_process(f"{script}.py", flag, value, "--run-dir", tmp_path / "r", "--data-dir", tmp_path / "none")
+    assert_user_error(proc, f"{flag} must be in ", value)
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
+def test_devices_the_scripts_do_not_run_on_are_named(device, tmp_path):
+    proc = run_in_process("dcgan.py", "--device", device, "--run-dir", tmp_path / "r", "--data-dir", tmp_path / "none")
+    assert_user_error(proc, f"--device {device}", "cuda, cuda:N or cpu")
+
+
+def test_help_shows_each_flags_limits():
+    out = run_in_process("progan.py", "--help").stdout
+    assert "a power of two in [8, 1024]" in out and "in [0, 1)" in out and "in [1, 16]" in out
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -249,6 +270,20 @@ def test_a_full_disk_mid_run_is_one_line_and_leaves_no_half_png(full, mnist_dir,
     proc = dcgan(mnist_dir, out, "--steps", "2", "--log-every", "1", check=False)
     assert_user_error(proc, "No space left on device", f"--resume {out}" if full != "metrics.jsonl" else "--overwrite")
     assert not list(out.rglob("*.png")) and not list(out.rglob("*.tmp"))
+
+
+def test_a_signal_during_the_last_steps_sampling_or_fid_stops_before_the_export(mnist_dir, tmp_path, monkeypatch):
+    """It used to say 'saving a checkpoint at the end of this step' and export anyway."""
+    real_grid = run_module.Run._save_grid
+
+    def grid_then_signal(run):
+        real_grid(run)
+        run.stop.received = "SIGTERM"  # what StopSignal records when the signal comes during the sampling (or FID)
+    monkeypatch.setattr(run_module.Run, "_save_grid", grid_then_signal)
+    out = tmp_path / "r"
+    proc = dcgan(mnist_dir, out, "--steps", "2", "--export", "5", check=False)
+    assert_user_error(proc, "stopped by SIGTERM after the last step", "0 of the 5 images", f"--resume {out} --export 5")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2 and not list(out.glob("export/*"))
 
 
 class FakeWandb:
