@@ -127,12 +127,12 @@ class DigitJudge:
     @classmethod
     def load(cls, folder, size: int, steps: int = 3000, seed: int = 0, verbose: bool = True, dataset: str = "mnist"):
         """The judge for FOLDER's MNIST (or Fashion-MNIST) at `size`: trained on the training split once and cached
-        as FOLDER/cache/digit_classifier_<size>.pt (fashion_mnist_classifier_<size>.pt), keyed by the split's files
+        as FOLDER/cache/digit_classifier_<size>_<steps>.pt (fashion_mnist_classifier_...), keyed by the split's files
         (new files, new classifier)."""
         folder = Path(folder)
         raw = folder / DATASETS[dataset] / "raw"
         source = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in raw.iterdir() if p.is_file())
-        path = folder / "cache" / f"{'digit' if dataset == 'mnist' else dataset}_classifier_{size}.pt"
+        path = folder / "cache" / f"{'digit' if dataset == 'mnist' else dataset}_classifier_{size}_{steps}.pt"
         held_out, held_labels = read_mnist_split(folder, False, size, dataset)
         net = Classifier(size)
         key = {"source": source, "steps": steps, "seed": seed}

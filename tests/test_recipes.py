@@ -72,10 +72,10 @@ def test_every_recipe_starts(name, real_images, tmp_path):
 def test_the_runner_prints_the_table(real_images, tmp_path, capsys, monkeypatch):
     """The runner on a 20-step dcgan recipe: the table rows are there, the real test images cover (almost) every
     class and a 20-step G few.
-    Its judge trains for 600 steps here, not 3,000 (tests/test_digit_judge.py checks the judge itself)."""
+    Its judge trains for 600 steps here, not 12,000 (tests/test_digit_judge.py checks the judge itself)."""
     from benchmarks.digits import DigitJudge, dataset_in
     load = DigitJudge.load.__func__
-    monkeypatch.setattr(DigitJudge, "load", classmethod(lambda cls, folder, size, dataset: load(
+    monkeypatch.setattr(DigitJudge, "load", classmethod(lambda cls, folder, size, dataset, steps: load(
         cls, folder, size, steps=600, dataset=dataset)))
     (tmp_path / "r.txt").write_text("# tiny\ndcgan.py --image-size 32 --width 8 --batch-size 16 --steps 20\n")
     run_recipes(["--data-dir", str(real_images), "--dataset", dataset_in(real_images), "--scripts", "dcgan",
