@@ -63,7 +63,8 @@ import torch
 import torch.nn as nn
 
 from common.cli import RunArgs, arg, user_errors
-from common.run import Run, frozen
+from common.run import Run
+from common.step import autocast_to, frozen
 
 
 @dataclasses.dataclass
@@ -170,7 +171,7 @@ def convergence_measure(loss_real, loss_fake, gamma: float):
 def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
     """D's and G's gradients from the same D (real and fake in one autoencoder pass for D, fake through the frozen
     D for G), then both updates and the k_t update."""
-    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z = sample_z(len(real), args.z_dim, real.device)
     with autocast:
         fake = G(z)
@@ -207,9 +208,11 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("began", Args, "BEGAN: Boundary Equilibrium Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
         G = Decoder(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Discriminator(args.h_dim, args.width, args.image_size, data.shape[0]).to(device)
@@ -223,13 +226,17 @@ def main():
         k = torch.full((), args.k_init, device=device)  # k_0; stays on the device
         m_sum = torch.zeros((), device=device)  # M_global summed over the current lr window
         z_fixed = sample_z(64, args.z_dim, device)
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, plateau_g=plateau_g, plateau_d=plateau_d, k=k,
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, plateau_g=plateau_g, plateau_d=plateau_d, k=k,
                   m_sum=m_sum, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
+        # how sample grids, FID and --export draw images
         run.set_samplers(sample=lambda n: generate(G_sample, sample_z(n, args.z_dim, device)),
                          grid=lambda: generate(G_sample, z_fixed))
+        # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G), run.wrap(D)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, k, args, run.amp_dtype, run.world)
@@ -240,7 +247,9 @@ def main():
                 m_mean = (m_sum / args.lr_window).item()
                 plateau_g.step(m_mean), plateau_d.step(m_mean)
                 m_sum.zero_()
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step({**losses, "lr": opt_g.param_groups[0]["lr"]})
+        # --export N samples
         run.finish()
 
 

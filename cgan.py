@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunArgs, arg, user_errors
-from common.run import Run, export_images, frozen
+from common.run import Run, export_images
+from common.step import autocast_to, frozen
 
 
 @dataclasses.dataclass
@@ -110,7 +111,7 @@ def g_loss(fake_logits):
 
 def train_step(G, D, opt_g, opt_d, scaler, real, labels, z_dim, amp_dtype):
     """One D update on a real and a fake batch with the same labels, then one G update. Returns detached losses."""
-    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z = torch.randn(len(real), z_dim, device=real.device)
     with autocast:
         fake = G(z, labels)
@@ -160,9 +161,11 @@ def export_by_class(G, n: int, folder, classes, args, device):
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("cgan", Args, "Conditional Generative Adversarial Nets")
     args, device = run.args, run.device
     with user_errors():
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size, need_labels=True)
         channels, num_classes = data.shape[0], data.num_classes
         G = Generator(args.z_dim, num_classes, args.embed_dim, args.width, args.image_size, channels).to(device)
@@ -173,25 +176,31 @@ def main():
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
         z_fixed = torch.randn(8, args.z_dim, device=device)  # one z per grid column, shared by every class row
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         grid_y = torch.arange(num_classes, device=device).repeat_interleave(len(z_fixed))
 
         def sample(k):  # labels drawn as in the training set, so FID compares like with like
             y = data.labels[torch.randint(len(data.labels), (k,), device=data.labels.device)].to(device)
             return generate(G_sample, torch.randn(k, args.z_dim, device=device), y)
+        # how sample grids, FID and --export draw images
         run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed.repeat(num_classes, 1), grid_y),
                          grid_rows=len(z_fixed), own_bn=ema)
         # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
+        # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             real, labels = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, labels, args.z_dim, run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step(losses)
+        # --export N samples
         run.finish(export=lambda n, folder: export_by_class(G_sample, n, folder, data.classes, args, device))
 
 

@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunArgs, arg, user_errors
-from common.run import Run, frozen
+from common.run import Run
+from common.step import autocast_to, frozen
 
 
 @dataclasses.dataclass
@@ -97,7 +98,7 @@ def g_loss(fake_logits):
 
 def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
     """One D update on a real and a fake batch, then one G update. Returns detached losses."""
-    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z = torch.randn(len(real), z_dim, device=real.device)
     with autocast:
         fake = G(z)
@@ -134,10 +135,12 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("dcgan", Args, "Unsupervised Representation Learning with Deep Convolutional "
                     "Generative Adversarial Networks")
     args, device = run.args, run.device
     with user_errors():
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
         G = Generator(args.z_dim, args.width, args.image_size, data.shape[0]).to(device)
         D = Discriminator(args.width, args.image_size, data.shape[0]).to(device)
@@ -147,20 +150,26 @@ def main():
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
+        # how sample grids, FID and --export draw images
         run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
         # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
+        # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, args.z_dim, run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step(losses)
+        # --export N samples
         run.finish()
 
 

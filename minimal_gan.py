@@ -53,7 +53,8 @@ from einops import rearrange
 from torch.func import functional_call
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run, frozen
+from common.run import Run
+from common.step import autocast_to, frozen
 
 
 @dataclasses.dataclass
@@ -201,7 +202,7 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
     """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step. The remedies' flags change
     the losses; `history` holds the running means of G's and D's parameters for historical averaging."""
     device, n = data.device, args.batch_size * args.pack  # PacGAN: m samples per D input
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     real_target = 1 - args.label_smoothing
     for _ in range(args.d_steps):
         real, _ = data.batch(n)
@@ -272,6 +273,7 @@ def generate(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("minimal_gan", Args, "Generative Adversarial Nets")
     args, device = run.args, run.device
     with user_errors():
@@ -279,6 +281,7 @@ def main():
             raise UserError("--feature-matching and --unroll each replace G's loss: choose one")
         if (args.feature_matching or args.unroll) and (run.compile or run.world > 1):
             raise UserError("--feature-matching and --unroll call D's layers directly: run them in one process, with --no-compile")
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size, toy=True)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
@@ -292,30 +295,36 @@ def main():
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
         z_fixed = torch.randn(2500 if data.is_2d else 64, args.z_dim, device=device)
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed,
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed,
                   **({"G_history": history[0], "D_history": history[1]} if history else {}))  # only when on: older checkpoints lack it
         G_sample = ema if ema is not None else G
         sample = lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device))
         if data.is_2d:  # 2-D data: a picture of 2,500 fixed-z samples and the modes, and the mode metrics
+            # how sample grids, FID and --export draw images
             run.set_samplers(sample, grid=lambda: draw_points(generate(G_sample, z_fixed), data.centres, data.std))
             evaluate = lambda: mode_metrics(generate(G_sample, z_fixed), data.centres, data.std)
         else:
             run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed))
             evaluate = None
+        # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G), run.wrap(D)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype, history)
             if history is not None:
                 update_historical_average(history, (G, D), run.step + 1)
             if ema is not None:
                 torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step(losses, log_extra=evaluate)
         if run.main and data.is_2d:
             m = evaluate()
             kl = f"{m['reverse_kl']:.3f}" if m["high_quality"] > 0 else "n/a (no sample near a mode)"
             print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
                   f"samples, reverse KL {kl} (2,500 samples)")
+        # --export N samples
         run.finish()
 
 

@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from common.cli import RunArgs, arg, user_errors
-from common.run import Run, frozen
+from common.run import Run
+from common.step import autocast_to, frozen
 
 # Per-GPU batch size at each resolution (appendix A.1: 16 for 4^2-128^2, then 14, 6, 3 for memory).
 BATCH_SIZES = {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3}
@@ -263,7 +264,7 @@ def g_loss(critic_fake):
 
 def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, alpha, args, amp_dtype):
     """One D update (WGAN-GP + drift) and one G update (n_critic 1). Returns detached losses."""
-    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z = torch.randn(len(real), args.z_dim, device=real.device)
     with autocast:
         fake = G(z, alpha)
@@ -316,9 +317,11 @@ def reset_adam(phase: int, opt_phase, *optimizers):
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation")
     args, device = run.args, run.device
     with user_errors():
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
         phase_images = round(args.kimg_per_phase * 1000)
         end_step = steps_to_end(args.image_size, phase_images, args.batch_size, run.world)
@@ -331,13 +334,16 @@ def main():
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas, eps=args.adam_eps, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         images, opt_phase = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)  # schedule clock, Adam's phase
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images, opt_phase=opt_phase)
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, images=images, opt_phase=opt_phase)
         phase, _, alpha_value = schedule(int(images), args.image_size, phase_images)  # where this run starts
         alpha = torch.full((), alpha_value, device=device)  # a tensor input: a changing alpha does not recompile
         sample = lambda z: generate(ema if ema is not None else G, z, alpha, args.image_size)
+        # how sample grids, FID and --export draw images
         run.set_samplers(sample=lambda k: sample(torch.randn(k, args.z_dim, device=device)), grid=lambda: sample(z_fixed))
         G_train, D_train = enter_phase(phase, run, G, D, ema)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             new_phase, resolution, alpha_value = schedule(int(images), args.image_size, phase_images)
             if new_phase != phase:
@@ -351,7 +357,9 @@ def main():
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             images += batch * run.world
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step({**losses, "res": resolution, "alpha": alpha_value, "kimg": int(images) / 1000}, batch * run.world)
+        # --export N samples
         run.finish()
 
 

@@ -37,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunArgs, UserError, arg, user_errors
-from common.run import Run, export_images, frozen
+from common.run import Run, export_images
+from common.step import autocast_to, frozen
 
 
 @dataclasses.dataclass
@@ -263,7 +264,7 @@ def r1_penalty(real_logits, real, loss_scale=1.0):
 
 def train_step(G, D, D_plain, opt_g, opt_d, scaler, real, args, r1_gamma, do_r1, amp_dtype):
     """One D update (with lazy R1 when do_r1), then one G update. Returns detached losses."""
-    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z, z_mix = torch.randn(2, len(real), args.z_dim, device=real.device)
     with autocast:
         fake = G(z, z_mix, args.mixing_prob)
@@ -310,12 +311,14 @@ def generate(G: nn.Module, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
 
 
 def main():
+    # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
     run = Run.start("stylegan_lite", Args, "Analyzing and Improving the Image Quality of StyleGAN")
     args, device = run.args, run.device
     with user_errors():
         if args.channel_base < args.image_size or args.channel_max < 1:
             raise UserError(f"--channel-base ({args.channel_base}) must be >= --image-size ({args.image_size}) and "
                             f"--channel-max >= 1, so every resolution has at least one channel")
+        # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
         total_batch = args.batch_size * run.world
         r1_gamma = args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / total_batch
@@ -330,13 +333,17 @@ def main():
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         r1_last = torch.zeros((), device=device)  # the latest R1 value, logged between R1 steps
-        run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, r1_last=r1_last)
+        # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed, r1_last=r1_last)
         G_sample = ema if ema is not None else G
         sample = lambda k, psi=1.0: generate(G_sample, torch.randn(k, args.z_dim, device=device), psi)  # FID: psi 1
+        # how sample grids, FID and --export draw images
         run.set_samplers(sample=sample, grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
         # Under DDP each rank tracks its own w_avg (rank 0's is saved); this also avoids PyTorch #175024.
+        # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G, forward_sync_buffers=False), run.wrap(D, forward_sync_buffers=False)
 
+        # one iteration per G update, up to --steps
         while run.next_step():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, real, args, r1_gamma,
@@ -344,7 +351,9 @@ def main():
             r1_last.copy_(losses.pop("r1", r1_last))
             if ema is not None:
                 ema_update(ema, G, ema_decay)
+            # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step({**losses, "r1": r1_last}, images_per_step=total_batch)
+        # --export N samples
         run.finish(export=lambda n, out: export_images(lambda k: sample(k, args.truncation_psi), n, out, args.batch_size))
 
 

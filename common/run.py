@@ -5,7 +5,8 @@ A script hands its state to a `Run` and keeps the loop:
     run = Run.start("dcgan", Args, "paper title")         # flags, --resume, device, precision, DDP, seed
     data = run.load_data(args.image_size)
     G, D, opt_g, opt_d, ema, z_fixed = ...                  # the method, in the script
-    run.track(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)   # saved, and restored on --resume
+    run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)  # the checkpoint's state:
+                                      # loaded on --resume; else a new run (RUN_DIR locked, config.json, wandb)
     run.set_samplers(sample=lambda k: ..., grid=lambda: ...)
     G_train, D_train = run.wrap(G), run.wrap(D)              # DDP and torch.compile
     while run.next_step():
@@ -13,7 +14,8 @@ A script hands its state to a `Run` and keeps the loop:
         run.after_step(losses)                               # logs, grids, FID, checkpoints, stop signals
     run.finish()                                             # --export
 
-In G's step, `with frozen(D_train):` runs D for G's loss without computing (or all-reducing) D's weight gradients.
+A training step needs only common/step.py: `autocast_to(device_type, amp_dtype)`, and `with frozen(D_train):`,
+which runs D for G's loss without computing (or all-reducing) D's weight gradients.
 
 A run directory holds config.json (all arguments), metrics.jsonl (one object per log step),
 samples/step_XXXXXXX.png and checkpoint.pt. Checkpoints are written to a temporary file and
@@ -262,27 +264,6 @@ def stop_requested(stop: StopSignal, world: int, device, every: int = 10) -> boo
     flag = torch.tensor([int(stop.received is not None)], device=device)
     torch.distributed.all_reduce(flag)
     return bool(flag.item())
-
-
-# ---------------------------------------------------------------------------------------------
-# A network used without training it (D in G's step)
-
-@contextlib.contextmanager
-def frozen(net: nn.Module):
-    """Inside, forwards of `net` (plain, DDP or compiled) record no gradient for its weights, only through it. For
-    D in G's step: G needs the gradient through D, while D's weight gradients would be computed, all-reduced under
-    DDP and thrown away. The backward may run after the block. Under DDP the block is also no_sync(), so the
-    reducer waits for no gradient."""
-    inner = getattr(net, "_orig_mod", net)  # torch.compile's wrapper shares the module it compiles
-    plain = inner.module if isinstance(inner, DDP) else inner
-    flags = [p.requires_grad for p in plain.parameters()]
-    plain.requires_grad_(False)
-    try:
-        with inner.no_sync() if inner is not plain else contextlib.nullcontext():
-            yield
-    finally:
-        for p, flag in zip(plain.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,10 +523,12 @@ class Run:
         self.classes = list(self.data.classes) if need_labels else None  # a conditional model is built for these
         return self.data
 
-    def track(self, **state):
-        """Name the state a checkpoint holds: modules, optimizers, schedulers (anything with a state_dict)
-        and tensors (restored in place); None for an absent part (EMA off). Under --resume, restore them,
-        the step and the RNG; otherwise give each rank its own stream of batches and z."""
+    def restore_or_start(self, **state):
+        """Name the state a checkpoint holds: modules, optimizers, schedulers (anything with a state_dict) and
+        tensors (restored in place); None for an absent part (EMA off). Then, in this order: under --resume restore
+        them, the step and each rank's RNG (else seed each rank's own stream of batches and z); lock RUN_DIR and
+        check it again (an earlier run's files are removed only with --overwrite); write config.json; start wandb
+        with --track; load the FID weights when FID is on, so that a missing file stops the run now."""
         self.tracked = {"scaler": self.scaler, **state}
         torch.manual_seed(self.args.seed + 1 + self.rank)
         self.resumed_stamp = self.saved.get("stamp") if self.saved is not None else None

@@ -388,3 +388,20 @@ def test_2d_export_is_written_a_chunk_at_a_time(tmp_path):
     saved = np.load(tmp_path / "export.npy")
     assert max(asked) == 65536 and sum(asked) == 150_000 and list(tmp_path.iterdir()) == [tmp_path / "export.npy"]
     assert np.array_equal(saved, np.arange(300_000, dtype=np.float32).reshape(150_000, 2))
+
+
+def test_a_train_step_needs_only_common_step():
+    """common/step.py stands alone (torch and the standard library), so a copied train_step takes one small file."""
+    import ast
+    from common import step
+    tree = ast.parse(Path(step.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names} | {node.module.split(".")[0] for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= {"contextlib", "torch"} and not any(isinstance(node, ast.ImportFrom) and node.level
+                                                           for node in ast.walk(tree)), imported
+    x = torch.ones(4, 4)
+    with step.autocast_to("cpu", torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16
+    with step.autocast_to("cpu", None):
+        assert (x @ x).dtype == torch.float32
