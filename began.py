@@ -236,14 +236,14 @@ def main():
         # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G), run.wrap(D)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, k, args, run.amp_dtype, run.world)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             m_sum += losses["M_global"]
-            if args.lr_window and (run.step + 1) % args.lr_window == 0:  # M is read from the device once per window
+            if args.lr_window and (step + 1) % args.lr_window == 0:  # M is read from the device once per window
                 m_mean = (m_sum / args.lr_window).item()
                 plateau_g.step(m_mean), plateau_d.step(m_mean)
                 m_sum.zero_()

@@ -161,8 +161,8 @@ def main():
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, args.z_dim, run.amp_dtype)
             if ema is not None:

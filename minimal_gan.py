@@ -310,11 +310,11 @@ def main():
         # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G), run.wrap(D)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype, history)
             if history is not None:
-                update_historical_average(history, (G, D), run.step + 1)
+                update_historical_average(history, (G, D), step + 1)
             if ema is not None:
                 torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due

@@ -93,7 +93,8 @@ def batch_at(resolution: int, cap: int) -> int:
 
 
 def steps_to_end(image_size: int, phase_images: int, cap: int, world: int) -> int:
-    """Generator updates until the last stabilisation phase has shown its images (each phase keeps one batch size)."""
+    """Generator updates until the last stabilisation phase has shown its images (each phase keeps one batch size);
+    --steps 0 trains that many."""
     images = steps = 0
     for phase in range(2 * (int(math.log2(image_size)) - 2) + 1):
         per_step = batch_at(schedule(phase * phase_images, image_size, phase_images)[1], cap) * world
@@ -318,14 +319,15 @@ def reset_adam(phase: int, opt_phase, *optimizers):
 
 def main():
     # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
-    run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation")
+    end = lambda args, world: steps_to_end(args.image_size, round(args.kimg_per_phase * 1000), args.batch_size, world)
+    run = Run.start("progan", Args, "Progressive Growing of GANs for Improved Quality, Stability, and Variation",
+                    total_steps=lambda args, world: args.steps or end(args, world),
+                    note=lambda args, world: f" (schedule ends at step {end(args, world)})")
     args, device = run.args, run.device
     with user_errors():
         # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
         phase_images = round(args.kimg_per_phase * 1000)
-        end_step = steps_to_end(args.image_size, phase_images, args.batch_size, run.world)
-        run.total_steps, run.note = args.steps or end_step, f" (schedule ends at step {end_step})"
         G = Generator(args.z_dim, args.image_size, data.shape[0], args.max_channels).to(device)
         D = Discriminator(args.image_size, data.shape[0], args.max_channels, args.mbstd_group).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
@@ -343,8 +345,8 @@ def main():
         run.set_samplers(sample=lambda k: sample(torch.randn(k, args.z_dim, device=device)), grid=lambda: sample(z_fixed))
         G_train, D_train = enter_phase(phase, run, G, D, ema)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
             new_phase, resolution, alpha_value = schedule(int(images), args.image_size, phase_images)
             if new_phase != phase:
                 phase = new_phase

@@ -310,9 +310,21 @@ def generate(G: nn.Module, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
     return images
 
 
+def r1_gamma_of(args, world: int) -> float:
+    """--r1-gamma, or StyleGAN2-ADA's heuristic 0.0002 * resolution^2 / total batch."""
+    return args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / (args.batch_size * world)
+
+
+def ema_decay_of(args, world: int) -> float:
+    """--ema-decay, or the decay whose half-life is 10k images at the total batch (the paper's EMA)."""
+    return args.ema_decay if args.ema_decay is not None else 0.5 ** (args.batch_size * world / 10000)
+
+
 def main():
     # flags (the saved ones under --resume), device, precision, DDP under torchrun, seed
-    run = Run.start("stylegan_lite", Args, "Analyzing and Improving the Image Quality of StyleGAN")
+    run = Run.start("stylegan_lite", Args, "Analyzing and Improving the Image Quality of StyleGAN",
+                    note=lambda args, world: f", R1 gamma {r1_gamma_of(args, world):.4g}, EMA decay "
+                                             f"{ema_decay_of(args, world):.5f}")
     args, device = run.args, run.device
     with user_errors():
         if args.channel_base < args.image_size or args.channel_max < 1:
@@ -320,10 +332,7 @@ def main():
                             f"--channel-max >= 1, so every resolution has at least one channel")
         # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size)
-        total_batch = args.batch_size * run.world
-        r1_gamma = args.r1_gamma if args.r1_gamma is not None else 0.0002 * args.image_size ** 2 / total_batch
-        ema_decay = args.ema_decay if args.ema_decay is not None else 0.5 ** (total_batch / 10000)
-        run.note = f", R1 gamma {r1_gamma:.4g}, EMA decay {ema_decay:.5f}"
+        r1_gamma, ema_decay = r1_gamma_of(args, run.world), ema_decay_of(args, run.world)
         G = Generator(args.z_dim, args.w_dim, args.mapping_layers, args.mapping_lr_mul, args.image_size, data.shape[0],
                       args.channel_base, args.channel_max).to(device)
         D = Discriminator(args.image_size, data.shape[0], args.channel_base, args.channel_max, args.mbstd_group).to(device)
@@ -343,16 +352,16 @@ def main():
         # DDP across processes and torch.compile, when on
         G_train, D_train = run.wrap(G, forward_sync_buffers=False), run.wrap(D, forward_sync_buffers=False)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
             real, _ = data.batch(args.batch_size)
             losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, real, args, r1_gamma,
-                                run.step % args.r1_every == 0, run.amp_dtype)
+                                step % args.r1_every == 0, run.amp_dtype)
             r1_last.copy_(losses.pop("r1", r1_last))
             if ema is not None:
                 ema_update(ema, G, ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
-            run.after_step({**losses, "r1": r1_last}, images_per_step=total_batch)
+            run.after_step({**losses, "r1": r1_last})
         # --export N samples
         run.finish(export=lambda n, out: export_images(lambda k: sample(k, args.truncation_psi), n, out, args.batch_size))
 

@@ -189,9 +189,9 @@ def main():
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 
-        # one iteration per G update, up to --steps
-        while run.next_step():
-            n_steps = critic_steps(run.step, args.n_critic, args.critic_burst)
+        # one iteration per G update; step counts the updates made before it (0, 1, ...)
+        for step in run.steps():
+            n_steps = critic_steps(step, args.n_critic, args.critic_burst)
             losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args.batch_size, args.z_dim,
                                 run.amp_dtype, n_steps, args.clip, d_params)
             if ema is not None:

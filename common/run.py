@@ -9,7 +9,7 @@ A script hands its state to a `Run` and keeps the loop:
                                       # loaded on --resume; else a new run (RUN_DIR locked, config.json, wandb)
     run.set_samplers(sample=lambda k: ..., grid=lambda: ...)
     G_train, D_train = run.wrap(G), run.wrap(D)              # DDP and torch.compile
-    while run.next_step():
+    for step in run.steps():                                 # step: G updates made before this one
         losses = train_step(...)
         run.after_step(losses)                               # logs, grids, FID, checkpoints, stop signals
     run.finish()                                             # --export
@@ -476,9 +476,11 @@ class Run:
     """A training run's state and chores. See the module docstring for the calls a script makes."""
 
     @classmethod
-    def start(cls, script: str, args_cls, title: str, argv=None):
+    def start(cls, script: str, args_cls, title: str, argv=None, total_steps=None, note=None):
         """Parse the flags (merged with the saved ones under --resume), pick the device and precision,
-        join the process group under torchrun, and seed: every rank builds identical initial weights."""
+        join the process group under torchrun, and seed: every rank builds identical initial weights.
+        total_steps(args, world) -> the steps to train (default: --steps); note(args, world) -> words added to the
+        line that starts training (a script's derived hyperparameters)."""
         args, given = parse_args(args_cls, title, argv)
         with user_errors():
             state = None
@@ -493,7 +495,11 @@ class Run:
             if not args.resume and (Path(args.run_dir) / "checkpoint.pt").exists() and not args.overwrite:
                 raise UserError(_holds_a_run(args.run_dir))
             device, rank, world = init_distributed(args.device)
-        return cls(script, args, state, device, rank, world)
+        run = cls(script, args, state, device, rank, world)
+        with user_errors():
+            run.total_steps = total_steps(args, world) if total_steps else args.steps
+            run.note = note(args, world) if note else ""
+        return run
 
     def __init__(self, script, args, state, device, rank, world):
         self.script, self.args, self.saved = script, args, state
@@ -506,7 +512,7 @@ class Run:
         self.data, self.classes, self.tracked, self.log = None, None, {}, None
         self.sample, self.grid, self.grid_rows, self.fid, self.stop = None, None, 8, None, None
         self.own_bn, self.own_bn_step = None, None
-        self.note = ""  # appended to the line that starts training
+        self.note = ""  # added to the line that starts training
         self.fid_net, self.fid_off, self.saved_once = None, False, state is not None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions once
@@ -653,6 +659,13 @@ class Run:
         if "forward_sync_buffers" in ddp_options and not DDP_HAS_FORWARD_SYNC:  # its name before torch 2.13
             ddp_options["broadcast_buffers"] = ddp_options.pop("forward_sync_buffers")
         return DDP(module, **ddp_options)
+
+    def steps(self):
+        """The training loop: `for step in run.steps():` yields, for each step to train, the number of G updates
+        made before it (0 for a new run's first, the checkpoint's step after --resume), as the official codes
+        count iterations; run.after_step(...) ends each one."""
+        while self.next_step():
+            yield self.step
 
     def next_step(self) -> bool:
         """True while there are steps to train; the first call prints what the run will do."""
