@@ -43,16 +43,17 @@ runs above read L(G(z)) after D's update): the recipe gave four classes (k_t 0.5
 blobs), gamma 1 lost k_t by step 1,000, and the 16x16 test run six classes. Since D and G step
 together (the official order; before, G read D after its update), one 4,000-step run each at 32x32:
 lr 3e-4 five classes, the paper's lr 1e-4 eight (k_t 0.5 -> 0.16; the recipe since), and with lr
-1e-4 gamma 0.5 or 0.9 four; an EMA of G, k_0 = 0.8, width 24, batch 64 or the lr halving on 500-step windows
-gave five to seven (benchmarks/RESULTS.md). G's lr at twice D's (--lr-g 2e-4: the recipe now; 3e-4 collapsed
-onto 1s) kept k_t near 0.3 and gave seven and eight classes for seeds 0 and 1 (FD 478, 444). What still loses
-k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without bound while fakes are easy to tell (mean
-|D(G(z))| 177 at step 140 in one run), and k_t drains to 0 within a few steps (seed 2 of 0-2 at --lr-g 2e-4,
-seed 3 of 0-3 at one lr). Neither k_0 = 0.3 (six and four classes) nor gamma 0.9 or 1 (seven) nor a longer run (seeds
-0 and 1 resumed to 7,000 steps: five and six; the classes G draws drift as it trains) covered more, nor did
-EBGAN's pulling-away term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved
-to a quarter of G's (six) or batch 64 (six), nor k_t held at 0.5 by lambda_k = 0 or a clip at 0.5 (seeds 0 and 1: nine
-and seven; seed 2 never recovered from its spike). The defaults stay the paper's.
+1e-4 gamma 0.5 or 0.9 four; an EMA of G, k_0 = 0.8, width 24, batch 64 or the lr halving on 500-step
+windows gave five to seven (benchmarks/RESULTS.md). G's lr at twice D's (--lr-g 2e-4: the recipe
+now; 3e-4 collapsed onto 1s) kept k_t near 0.3 and gave seven and eight classes for seeds 0 and 1
+(FD 478, 444). What still loses k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without
+bound while fakes are easy to tell (mean |D(G(z))| 177 at step 140 in one run), and k_t drains to 0
+within a few steps (seed 2 of 0-2 at --lr-g 2e-4, seed 3 of 0-3 at one lr). Neither k_0 = 0.3 (six
+and four classes) nor gamma 0.9 or 1 (seven) nor a longer run (seeds 0 and 1 resumed to 7,000 steps:
+five and six; the classes G draws drift as it trains) covered more, nor did EBGAN's pulling-away
+term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved to a
+quarter of G's (six) or batch 64 (six), nor k_t held at 0.5 by lambda_k = 0 or a clip at 0.5 (seeds
+0 and 1: nine and seven; seed 2 never recovered from its spike). The defaults stay the paper's.
 """
 import copy
 import dataclasses
@@ -69,20 +70,30 @@ from common.step import autocast_to, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution (paper: 32 to 256, 64 and 128 shown)", within="[8, inf)", power_of_two=True)
+    image_size: int = arg(64, "training resolution (paper: 32 to 256, 64 and 128 shown)",
+                          within="[8, inf)", power_of_two=True)
     batch_size: int = arg(16, "batch size per GPU (paper: not stated; 16 is the common choice)")
     z_dim: int = arg(64, "dimension of z ~ U(-1, 1) (paper: Nz = 64)", within="[1, inf)")
-    h_dim: int = arg(64, "dimension of the autoencoder embedding h (paper: Nh = 64)", within="[1, inf)")
-    width: int = arg(64, "n, the filters of the first encoder block and of every decoder layer (paper: 128 at 128x128)", within="[1, inf)")
-    gamma: float = arg(0.5, "diversity ratio gamma = E[L(G(z))] / E[L(x)] that k_t steers to (paper: 0.5)", within="(0, 1]")
-    lambda_k: float = arg(0.001, "proportional gain lambda_k of the k_t update (paper: 0.001)", within="[0, inf)")
-    k_init: float = arg(0.0, "k_0, the starting k_t (paper: 0; short runs collapse unless it starts near 0.5)", within="[0, 1]")
-    lr: float = arg(1e-4, "Adam learning rate for D, and for G unless --lr-g (paper: 1e-4, range [5e-5, 1e-4])", within="(0, inf)")
-    lr_g: typing.Optional[float] = arg(None, "Adam learning rate for G (default: --lr, one rate as in the paper)", within="(0, inf)")
+    h_dim: int = arg(64, "dimension of the autoencoder embedding h (paper: Nh = 64)",
+                     within="[1, inf)")
+    width: int = arg(64, "n, the filters of the first encoder block and of every decoder layer "
+                     "(paper: 128 at 128x128)", within="[1, inf)")
+    gamma: float = arg(0.5, "diversity ratio gamma = E[L(G(z))] / E[L(x)] that k_t steers to "
+                       "(paper: 0.5)", within="(0, 1]")
+    lambda_k: float = arg(0.001, "proportional gain lambda_k of the k_t update (paper: 0.001)",
+                          within="[0, inf)")
+    k_init: float = arg(0.0, "k_0, the starting k_t (paper: 0; short runs collapse unless it "
+                        "starts near 0.5)", within="[0, 1]")
+    lr: float = arg(1e-4, "Adam learning rate for D, and for G unless --lr-g "
+                    "(paper: 1e-4, range [5e-5, 1e-4])", within="(0, inf)")
+    lr_g: typing.Optional[float] = arg(None, "Adam learning rate for G (default: --lr, one rate as "
+                                       "in the paper)", within="(0, inf)")
     beta1: float = arg(0.9, "Adam beta1 (paper: Adam defaults)", within="[0, 1)")
     beta2: float = arg(0.999, "Adam beta2 (paper: Adam defaults)", within="[0, 1)")
-    lr_window: int = arg(1000, "halve the lr when mean M_global over windows of N steps stalls (0: never; paper: 'when M stalls')", within="[0, inf)")
-    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global that are tolerated: the lr halves at the next one", within="[0, inf)")
+    lr_window: int = arg(1000, "halve the lr when mean M_global over windows of N steps stalls "
+                         "(0: never; paper: 'when M stalls')", within="[0, inf)")
+    lr_patience: int = arg(3, "windows without a 1%% improvement of M_global that are tolerated: "
+                           "the lr halves at the next one", within="[0, inf)")
 
 
 def conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -109,7 +120,8 @@ class Decoder(nn.Module):
 
 
 class Encoder(nn.Module):
-    """image -> conv n -> [conv n*i, ELU, conv n*i, ELU, stride-2 conv to n*(i+1)] ... -> FC -> h."""
+    """image -> conv n -> [conv n*i, ELU, conv n*i, ELU, stride-2 conv to n*(i+1)] ...
+    -> FC -> h."""
 
     def __init__(self, h_dim: int, width: int, image_size: int, channels: int):
         super().__init__()
@@ -169,14 +181,15 @@ def convergence_measure(loss_real, loss_fake, gamma: float):
 
 
 def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
-    """D's and G's gradients from the same D (real and fake in one autoencoder pass for D, fake through the frozen
-    D for G), then both updates and the k_t update."""
+    """D's and G's gradients from the same D (real and fake in one autoencoder pass for D, fake
+    through the frozen D for G), then both updates and the k_t update."""
     autocast = autocast_to(real.device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     z = sample_z(len(real), args.z_dim, real.device)
     with autocast:
         fake = G(z)
         both = torch.cat([real, fake.detach()])
-        loss_real, loss_fake_d = (reconstruction_loss(v, r) for v, r in zip(both.chunk(2), D(both).chunk(2)))
+        loss_real, loss_fake_d = (reconstruction_loss(v, r)
+                                  for v, r in zip(both.chunk(2), D(both).chunk(2)))
         loss_d = d_loss(loss_real, loss_fake_d, k)
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
@@ -188,13 +201,17 @@ def train_step(G, D, opt_g, opt_d, scaler, real, k, args, amp_dtype, world):
     scaler.step(opt_d)
     scaler.step(opt_g)
     scaler.update()
-    # k_t and M_global from one D (before its update), as the paper's equations: L(x) and L(G(z)) of the same pass
+    # k_t and M_global from one D (before its update), as the paper's equations:
+    # L(x) and L(G(z)) of the same pass
     energies = torch.stack([loss_real.detach(), loss_fake_d.detach()])
-    if world > 1:  # DDP: energies averaged over GPUs, so k_t and the lr schedule agree on every rank (no host sync)
+    # DDP: energies averaged over GPUs, so k_t and the lr schedule agree on every rank
+    # (no host sync)
+    if world > 1:
         torch.distributed.all_reduce(energies, op=torch.distributed.ReduceOp.AVG)
     update_k(k, energies[0], energies[1], args.gamma, args.lambda_k)
-    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "loss_real": energies[0], "loss_fake": energies[1],
-            "k": k.clone(), "M_global": convergence_measure(energies[0], energies[1], args.gamma)}
+    return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(), "loss_real": energies[0],
+            "loss_fake": energies[1], "k": k.clone(),
+            "M_global": convergence_measure(energies[0], energies[1], args.gamma)}
 
 
 @torch.no_grad()
@@ -218,17 +235,20 @@ def main():
         D = Discriminator(args.h_dim, args.width, args.image_size, data.shape[0]).to(device)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
-        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, args.beta2), fused=fused)
-        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
         # threshold 0.01 (relative): "stalls" = less than 1% better than the best window so far
-        plateau_g, plateau_d = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=args.lr_patience,
-                                                                           threshold=0.01) for opt in (opt_g, opt_d))
+        plateau_g, plateau_d = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=args.lr_patience,
+                                                       threshold=0.01) for opt in (opt_g, opt_d))
         k = torch.full((), args.k_init, device=device)  # k_0; stays on the device
         m_sum = torch.zeros((), device=device)  # M_global summed over the current lr window
         z_fixed = sample_z(64, args.z_dim, device)
         # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
-        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, plateau_g=plateau_g, plateau_d=plateau_d, k=k,
-                  m_sum=m_sum, z_fixed=z_fixed)
+        run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, plateau_g=plateau_g,
+                             plateau_d=plateau_d, k=k, m_sum=m_sum, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         # how sample grids, FID and --export draw images
         run.set_samplers(sample=lambda n: generate(G_sample, sample_z(n, args.z_dim, device)),
@@ -239,11 +259,13 @@ def main():
         # one iteration per G update; step counts the updates made before it (0, 1, ...)
         for step in run.steps():
             real, _ = data.batch(args.batch_size)
-            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, k, args, run.amp_dtype, run.world)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, k, args,
+                                run.amp_dtype, run.world)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             m_sum += losses["M_global"]
-            if args.lr_window and (step + 1) % args.lr_window == 0:  # M is read from the device once per window
+            # M is read from the device once per window
+            if args.lr_window and (step + 1) % args.lr_window == 0:
                 m_mean = (m_sum / args.lr_window).item()
                 plateau_g.step(m_mean), plateau_d.step(m_mean)
                 m_sum.zero_()

@@ -33,10 +33,12 @@ from common.step import autocast_to, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    image_size: int = arg(64, "training resolution (paper: 64)", within="[32, inf)", power_of_two=True)
+    image_size: int = arg(64, "training resolution (paper: 64)",
+                          within="[32, inf)", power_of_two=True)
     batch_size: int = arg(128, "batch size per GPU (paper: 128)")
     z_dim: int = arg(100, "dimension of z (paper: 100)", within="[1, inf)")
-    width: int = arg(64, "channels of the last G layer and first D layer (PyTorch port: 64, 512 at 4x4; authors' code: 128)", within="[1, inf)")
+    width: int = arg(64, "channels of the last G layer and first D layer "
+                     "(PyTorch port: 64, 512 at 4x4; authors' code: 128)", within="[1, inf)")
     lr: float = arg(2e-4, "Adam learning rate for G and D (paper: 2e-4)", within="(0, inf)")
     beta1: float = arg(0.5, "Adam beta1 (paper: 0.5; 0.9 oscillated)", within="[0, 1)")
     beta2: float = arg(0.999, "Adam beta2 (paper: default 0.999)", within="[0, 1)")
@@ -58,7 +60,8 @@ class Generator(nn.Module):
         layers = [nn.ConvTranspose2d(z_dim, c, kernel_size=4, stride=1, padding=0, bias=False),
                   nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1, bias=False),
+            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1,
+                                          bias=False),
                        nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, kernel_size=4, stride=2, padding=1), nn.Tanh()]
@@ -74,7 +77,8 @@ class Discriminator(nn.Module):
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         c = width
-        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1),
+                  nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(n_down - 1):
             layers += [nn.Conv2d(c, c * 2, kernel_size=4, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(c * 2), nn.LeakyReLU(0.2, inplace=True)]
@@ -102,7 +106,8 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
     z = torch.randn(len(real), z_dim, device=real.device)
     with autocast:
         fake = G(z)
-        # Two D forwards (real, then fake): the paper keeps real and fake in separate batches for BatchNorm.
+        # Two D forwards (real, then fake): the paper keeps real and fake in separate batches
+        # for BatchNorm.
         real_logits, fake_logits = D(real), D(fake.detach())
         loss_d = d_loss(real_logits, fake_logits)
     opt_d.zero_grad(set_to_none=True)
@@ -115,13 +120,15 @@ def train_step(G, D, opt_g, opt_d, scaler, real, z_dim, amp_dtype):
     scaler.step(opt_g)
     scaler.update()
     return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach(),
-            "d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
+            "d_real": real_logits.detach().float().mean(),
+            "d_fake": fake_logits.detach().float().mean()}
 
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them
+    # for the EMA weights.
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
@@ -147,16 +154,20 @@ def main():
         G.apply(init_weights), D.apply(init_weights)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
-        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
-        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
         run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         # how sample grids, FID and --export draw images
-        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
+        run.set_samplers(sample=lambda k: generate(G_sample,
+                                                   torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
-        # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this also avoids PyTorch #175024).
+        # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this
+        # also avoids PyTorch #175024).
         # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
@@ -164,7 +175,8 @@ def main():
         # one iteration per G update; step counts the updates made before it (0, 1, ...)
         for step in run.steps():
             real, _ = data.batch(args.batch_size)
-            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, args.z_dim, run.amp_dtype)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, real, args.z_dim,
+                                run.amp_dtype)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due

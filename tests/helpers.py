@@ -13,6 +13,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SCRIPTS = ["minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite"]
+_DC = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16"]
+TINY = {  # each script's smallest settings, shared by the tests (test_every_script.py, test_robustness.py)
+    "minimal_gan": ["--dataset", "ring8", "--batch-size", "16", "--hidden", "16", "--layers", "1", "--maxout", "2"],
+    "dcgan": _DC, "cgan": _DC, "lsgan": _DC, "wgan_gp": _DC, "wgan": _DC + ["--no-critic-burst"],
+    "began": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8", "--batch-size", "8"],
+    "progan": ["--dataset", "mnist", "--image-size", "16", "--max-channels", "16", "--z-dim", "16", "--batch-size", "8",
+               "--kimg-per-phase", "0.032"],
+    "sagan": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
+              "--batch-size", "8"],
+    "stylegan_lite": ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "16", "--w-dim", "16",
+                      "--mapping-layers", "2", "--channel-base", "128", "--channel-max", "16"],
+}
+
 def digit_images(n: int, seed: int = 0):
     """28x28 uint8 'digits': a bright square whose position encodes the label (0-9)."""
     rng = np.random.default_rng(seed)

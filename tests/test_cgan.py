@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_same_weights, assert_user_error, digits_pass, learned_digits, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import (assert_user_error, digits_pass, learned_digits, load_pngs, metrics, run_here,
+                    run_in_process, run_script)
 
 cgan = importlib.import_module("cgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -28,11 +29,6 @@ def test_smoke_writes_every_file_and_a_grid_row_per_class(mnist_dir, tmp_path):
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 4 and ckpt["script"] == "cgan" and ckpt["z_fixed"].shape == (8, 100)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
-
-
-def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
-    ca, cb = resumed_and_straight("cgan.py", [*TINY, "--data-dir", mnist_dir, "--ema"], tmp_path)
-    assert_same_weights(ca, cb, ("G", "D", "ema"))
 
 
 def test_export_is_class_balanced_with_class_prefixed_names(mnist_dir, tmp_path):
@@ -112,21 +108,6 @@ def test_both_players_see_the_label():
     assert x.shape == (2, 1, 32, 32) and not torch.allclose(x[0], x[1])
     same = x[:1].repeat(2, 1, 1, 1)
     assert D(same, y).shape == (2,) and not torch.allclose(*D(same, y))
-
-
-def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_here("cgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
-    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
-    for bad in (["--image-size", "48"], ["--embed-dim", "0"]):
-        proc = run_in_process("cgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
-        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
-
-
-@pytest.mark.slow
-def test_compile(mnist_dir, tmp_path):
-    run_compiled("cgan.py", *TINY, "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
-    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
-    assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
 
 
 @pytest.mark.slow

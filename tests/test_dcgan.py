@@ -1,28 +1,12 @@
 import importlib
-import json
 
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import assert_learns_digits, load_pngs, run_here, run_in_process, run_script
 
 dcgan = importlib.import_module("dcgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
-
-
-def test_smoke_writes_every_file(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "4", "--sample-every", "2",
-               "--ckpt-every", "2", "--run-dir", run)
-    rows = metrics(run)
-    assert [r["step"] for r in rows] == [2, 4]
-    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in rows)
-    assert (run / "samples" / "step_0000002.png").exists() and (run / "samples" / "step_0000004.png").exists()
-    config = json.loads((run / "config.json").read_text())
-    assert config["script"] == "dcgan" and config["image_size"] == 32
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] == 4 and ckpt["script"] == "dcgan"
-    assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
 
 
 def test_folder_and_celeba_layouts(folder_dataset, tmp_path):
@@ -33,11 +17,6 @@ def test_folder_and_celeba_layouts(folder_dataset, tmp_path):
     run_here("dcgan.py", "--dataset", "celeba", "--data-dir", celeba, "--image-size", "32",
              "--width", "8", "--batch-size", "4", "--steps", "1", "--run-dir", tmp_path / "r2")
     assert (celeba / "cache" / "celeba_32.pt").exists()
-
-
-def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
-    ca, cb = resumed_and_straight("dcgan.py", [*TINY, "--data-dir", mnist_dir], tmp_path)
-    assert_same_weights(ca, cb, ("G", "D"))
 
 
 def test_resume_refuses_changed_settings(mnist_dir, tmp_path):
@@ -70,26 +49,10 @@ def test_architecture_sizes(size):
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
 
 
-def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_here("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
-    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
-    for bad in (["--image-size", "48"], ["--steps", "-1"], ["--batch-size", "0"], ["--dataset", "ring8"]):
-        proc = run_in_process("dcgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
-        assert proc.returncode == 2 and proc.stderr.startswith("error:") or "usage" in proc.stderr, proc.stderr
-        assert "Traceback" not in proc.stderr
-
-
 def test_track_offline(mnist_dir, tmp_path):
     run = tmp_path / "run"
     run_script("dcgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--run-dir", run, "--track")
     assert list(run.glob("wandb/offline-run-*")), "no offline wandb run written"
-
-
-@pytest.mark.slow
-def test_compile(mnist_dir, tmp_path):
-    run_compiled("dcgan.py", *TINY, "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
-    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
-    assert not any(k.startswith("_orig_mod") for k in ckpt["G"])  # loads with or without --compile
 
 
 @pytest.mark.slow

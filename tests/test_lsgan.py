@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import assert_learns_digits, metrics, run_in_process, run_script
 
 lsgan = importlib.import_module("lsgan")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
 
 
-@pytest.mark.parametrize("coding", ["0-1-1", "m1-1-0"])
+@pytest.mark.parametrize("coding", ["m1-1-0"])  # the default, 0-1-1: test_every_script.py
 def test_smoke_writes_every_file(mnist_dir, tmp_path, coding):
     run = tmp_path / "run"
     run_script("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "4", "--sample-every", "2",
@@ -26,21 +26,10 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path, coding):
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
 
 
-def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
-    ca, cb = resumed_and_straight("lsgan.py", [*TINY, "--data-dir", mnist_dir, "--ema"], tmp_path)
-    assert_same_weights(ca, cb, ("G", "D", "ema"))
-
-
 def test_resume_refuses_another_coding(mnist_dir, tmp_path):
     run_script("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", tmp_path / "a")
     proc = run_in_process("lsgan.py", "--resume", tmp_path / "a", "--coding", "m1-1-0")
     assert proc.returncode == 2 and "--coding" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_export_writes_pngs(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    run_script("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--run-dir", run, "--export", "5")
-    assert len(list((run / "export").glob("*.png"))) == 5 and load_pngs(run / "export").shape == (5, 1, 32, 32)
 
 
 def test_losses_match_formulas():
@@ -61,20 +50,6 @@ def test_discriminator_output_is_linear():
     assert not isinstance(D.net[-1], (torch.nn.Sigmoid, torch.nn.Tanh))
     D.net[-1].bias.data.fill_(5.0)  # a sigmoid or tanh output could not exceed 1
     assert (D(torch.zeros(2, 1, 32, 32)) > 1).all()
-
-
-def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_here("lsgan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--ema",
-             "--run-dir", tmp_path / "r")
-    assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in metrics(tmp_path / "r"))
-    for bad in (["--image-size", "48"], ["--dataset", "ring8"], ["--coding", "1-0-1"]):
-        proc = run_in_process("lsgan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-
-
-@pytest.mark.slow
-def test_compile(mnist_dir, tmp_path):
-    run_compiled("lsgan.py", *TINY, "--data-dir", mnist_dir, "--run-dir", tmp_path / "r")
 
 
 @pytest.mark.slow

@@ -18,23 +18,10 @@ import pytest
 import torch
 
 from common import run as run_module
-from helpers import ROOT, assert_same_weights, assert_user_error, run_here, run_in_process, run_script, write_image_folder
+from helpers import ROOT, SCRIPTS, TINY, assert_same_weights, assert_user_error, run_here, run_in_process, run_script, write_image_folder
 
 ENV = {"OMP_NUM_THREADS": "1"}
 PROBE = "tests/ddp_probe.py"
-SCRIPTS = ["minimal_gan", "dcgan", "cgan", "lsgan", "wgan", "wgan_gp", "began", "progan", "sagan", "stylegan_lite"]
-_DC = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16"]
-TINY = {  # the smallest settings each script's own tests use
-    "minimal_gan": ["--dataset", "ring8", "--batch-size", "16", "--hidden", "16", "--layers", "1", "--maxout", "2"],
-    "dcgan": _DC, "cgan": _DC, "lsgan": _DC, "wgan_gp": _DC, "wgan": _DC + ["--no-critic-burst"],
-    "began": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--h-dim", "8", "--z-dim", "8", "--batch-size", "8"],
-    "progan": ["--dataset", "mnist", "--image-size", "16", "--max-channels", "16", "--z-dim", "16", "--batch-size", "8",
-               "--kimg-per-phase", "0.032"],
-    "sagan": ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
-              "--batch-size", "8"],
-    "stylegan_lite": ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "16", "--w-dim", "16",
-                      "--mapping-layers", "2", "--channel-base", "128", "--channel-max", "16"],
-}
 # Buffers each rank keeps for itself under DDP (the headers: per-GPU BatchNorm statistics; StyleGAN's
 # running mean of w, as in the official code). Every parameter and every other buffer must match.
 PER_RANK = ("running_mean", "running_var", "w_avg")
@@ -100,7 +87,7 @@ def test_the_g_step_computes_no_gradient_for_d(script, mnist_dir, tmp_path, monk
     """D's weights get a gradient once per D update, none in G's step (run frozen: those gradients cost FLOPs and,
     under DDP, an all-reduce, to be discarded), and their requires_grad is back on for the next step's D updates."""
     monkeypatch.setattr(run_module.signal, "signal", lambda *args: None)  # keep pytest's own signal handling
-    track, after_step, counts, steps = run_module.Run.track, run_module.Run.after_step, collections.Counter(), []
+    track, after_step, counts, steps = run_module.Run.restore_or_start, run_module.Run.after_step, collections.Counter(), []
 
     def track_and_count(self, **state):
         track(self, **state)
@@ -114,7 +101,7 @@ def test_the_g_step_computes_no_gradient_for_d(script, mnist_dir, tmp_path, monk
         counts.clear()
         return after_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(run_module.Run, "track", track_and_count)
+    monkeypatch.setattr(run_module.Run, "restore_or_start", track_and_count)
     monkeypatch.setattr(run_module.Run, "after_step", record_and_step)
     proc = run_in_process(f"{script}.py", *tiny(script, mnist_dir, "--steps", "2", "--run-dir", tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import assert_learns_digits, metrics, run_compiled, run_script
 
 sagan = importlib.import_module("sagan")
 TINY = ["--dataset", "mnist", "--image-size", "16", "--width", "8", "--attn-res", "8", "--z-dim", "16",
@@ -38,20 +38,6 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
     assert any(k.endswith("_u") for k in ckpt["D"])  # power-iteration vectors are saved
     assert ckpt["opt_g"]["param_groups"][0]["lr"] == 1e-4 and ckpt["opt_d"]["param_groups"][0]["lr"] == 4e-4
     assert ckpt["opt_d"]["param_groups"][0]["betas"] == (0.0, 0.9)
-
-
-def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
-    ca, cb = resumed_and_straight("sagan.py", [*TINY, "--data-dir", mnist_dir], tmp_path)
-    assert_same_weights(ca, cb, ("G", "D"))
-
-
-def test_export_and_bad_input(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    run_script("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "1", "--run-dir", run, "--export", "5")
-    assert load_pngs(run / "export").shape == (5, 1, 16, 16)
-    for bad in (["--image-size", "16"], ["--attn-res", "12", "--image-size", "32"], ["--width", "4"]):
-        proc = run_in_process("sagan.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
-        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 
 def test_hinge_losses_match_formulas():
@@ -129,11 +115,6 @@ def test_compile_and_spectral_norm_under_compile(mnist_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in metrics(tmp_path / "r"))
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["G"])
-
-
-def test_bf16_autocast(mnist_dir, tmp_path):
-    run_here("sagan.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
-    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in metrics(tmp_path / "r"))
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import assert_learns_digits, assert_same_weights, load_pngs, metrics, resumed_and_straight, run_compiled, run_here, run_in_process, run_script
+from helpers import assert_learns_digits, metrics, run_compiled, run_script
 
 wgan_gp = importlib.import_module("wgan_gp")
 TINY = ["--dataset", "mnist", "--image-size", "32", "--width", "8", "--batch-size", "16", "--log-every", "2"]
@@ -40,17 +40,6 @@ def test_smoke_writes_every_file(mnist_dir, tmp_path):
     assert ckpt["step"] == 4 and ckpt["script"] == "wgan_gp"
     assert not any(k.startswith("_orig_mod") for k in ckpt["D"])
     assert int(ckpt["opt_d"]["state"][0]["step"]) == 4 * 5
-
-
-def test_resume_matches_uninterrupted_run(mnist_dir, tmp_path):
-    ca, cb = resumed_and_straight("wgan_gp.py", [*TINY, "--data-dir", mnist_dir], tmp_path)
-    assert_same_weights(ca, cb, ("G", "D"))
-
-
-def test_export_writes_pngs(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    run_script("wgan_gp.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--run-dir", run, "--export", "5", "--ema")
-    assert load_pngs(run / "export").shape == (5, 1, 32, 32)
 
 
 def test_losses_match_formulas():
@@ -115,15 +104,6 @@ def test_critic_has_no_batch_coupling():
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(D(x)[:1], D(x[:1]), atol=1e-5)  # one sample's score ignores the rest of the batch
-
-
-def test_bf16_autocast_and_bad_input(mnist_dir, tmp_path):
-    run_here("wgan_gp.py", *TINY, "--data-dir", mnist_dir, "--steps", "2", "--amp", "bf16", "--run-dir", tmp_path / "r")
-    assert all(torch.isfinite(torch.tensor([r["gp"], r["wasserstein"]])).all() for r in metrics(tmp_path / "r"))
-    for bad in (["--image-size", "48"], ["--gp-lambda", "-1"], ["--n-critic", "0"], ["--dataset", "ring8"]):
-        proc = run_in_process("wgan_gp.py", "--data-dir", mnist_dir, "--dataset", "mnist", *bad)
-        assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
-        assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
