@@ -26,7 +26,10 @@ Learning-rate decay: the paper halves the rate "when the measure of convergence 
 that rule is ReduceLROnPlateau on M_global: M is averaged over windows of --lr-window steps
 on the device; when a window's mean has not improved on the best by 1% for more than
 --lr-patience windows in a row, both learning rates are halved.
-Differences from the paper: batches drawn with replacement; no skip connections (the paper's
+Differences from the paper: the encoder widens at each stride-2 convolution (n*i -> n*(i+1)), one
+convolution earlier than fig. 1 and the carpedm20 port, whose subsampling convolution keeps n*i
+filters and whose next block's first convolution widens (not yet changed: it would move every
+BEGAN figure below); batches drawn with replacement; no skip connections (the paper's
 optional "vanishing residuals"; h0 concatenated after each upsampling lost k_t in the learning
 test's run). Initialisation (the paper gives none): PyTorch's defaults; the official code's
 TF-slim defaults (Xavier-uniform weights, zero biases) lost k_t by step 500 and covered no class

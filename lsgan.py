@@ -19,7 +19,8 @@ in a fully connected layer). We keep the DCGAN backbone because 112 is not a pow
 and FID pipeline use, and because then only the loss differs from dcgan.py, which is the paper's
 own comparison (LSGANs vs regular GANs on the same networks).
 
-Hyperparameters: Adam lr 2e-4, beta1 0.5 (paper, following DCGAN), batch 128, weights ~ N(0, 0.02).
+Hyperparameters: Adam lr 2e-4, beta1 0.5, batch 128, weights ~ N(0, 0.02): DCGAN's, which the paper
+follows for beta1 (the authors' LSUN code used lr 1e-3 with their larger model).
 Differences from the paper: the architecture above; z ~ N(0, I) instead of U(-1, 1); batches are
 drawn with replacement.
 """

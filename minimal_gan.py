@@ -21,9 +21,11 @@ mode) and the reverse KL between the histogram of high-quality samples over the 
 uniform histogram. Any image dataset works too, flattened (the paper: MNIST, TFD, CIFAR-10).
 
 Differences from the paper: Adam (lr 5e-4, betas (0.5, 0.999)) instead of SGD with momentum,
-as the 2-D benchmark papers train; D keeps the paper's dropout at a rate of 0.2. These
-settings were chosen by short CPU runs on grid25 (README gives the measured figures). z is 2-d for
-2-D data (as in PacGAN's setting), 100-d for images.
+as the 2-D benchmark papers train. D's dropout: 0.2 after each maxout layer and none on its
+input, where the paper's MNIST model drops 0.2 of D's input and 0.5 of its hidden units (--dropout
+0.5 kept D too weak to sharpen the 2-D modes); maxout units of 2 pieces (the paper's MNIST D: 5;
+--maxout 5). These settings were chosen by short CPU runs on grid25 (README gives the measured
+figures). z is 2-d for 2-D data (as in PacGAN's setting), 100-d for images.
 
 Remedies for mode collapse, each off by default (the file is the 2014 GAN unless a flag is given):
     --feature-matching       Salimans et al. 2016, arXiv:1606.03498, sec. 3.1: G minimises
@@ -79,9 +81,10 @@ class Args(RunArgs):
                                within="[1, inf)")
     hidden: int = arg(128, "units per hidden layer", within="[1, inf)")
     layers: int = arg(3, "hidden layers in G and in D", within="[1, inf)")
-    maxout: int = arg(2, "pieces per maxout unit in D (paper: maxout D)", within="[1, inf)")
-    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper: dropout in D; 0.5 kept "
-                         "D too weak to sharpen modes)", within="[0, 1)")
+    maxout: int = arg(2, "pieces per maxout unit in D (paper's MNIST D: 5)", within="[1, inf)")
+    dropout: float = arg(0.2, "dropout after each maxout layer of D (paper's MNIST D: 0.2 of its "
+                         "input, 0.5 of hidden units; 0.5 kept D too weak to sharpen modes)",
+                         within="[0, 1)")
     lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)", within="(0, inf)")
     beta1: float = arg(0.5, "Adam beta1", within="[0, 1)")
     # Remedies for mode collapse, all off by default (the header cites each)

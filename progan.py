@@ -45,6 +45,8 @@ Differences from the paper, and why:
 - The 4x4 dense layer has one bias per channel and pixel (the authors' code: one per channel).
 - Batches are drawn with replacement; the paper's CelebA-HQ is not built here (celeba is the aligned
   set).
+- G's loss reuses the fakes of D's step (one G forward a step, as dcgan.py does); the authors' code
+  draws fresh latents for G's step. Same expectation; not yet measured against the official choice.
 """
 import copy
 import dataclasses

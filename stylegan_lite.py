@@ -26,7 +26,8 @@ upsamples bilinearly, D average-pools); fused and mixed-precision layer variants
 every 16th D loss (one backward) instead of a separate optimizer step, so D keeps its plain lr and
 betas: the paper's c = 16/17 adjustment (app. B) makes up for that extra step, which we do not take.
 Channels default to configs A-E's (--channel-base 32768 gives config F's). Noise strength is per
-channel.
+channel. G's loss reuses the fakes of D's step (one G forward a step); the official code draws fresh
+latents for G's step: the same expectation, not yet measured against the official choice.
 """
 import copy
 import dataclasses

@@ -65,7 +65,8 @@ class RunArgs:
     data_dir: str = arg("data", "where datasets and their decoded caches live")
     batch_size: int = arg(64, "batch size per GPU", within="[1, inf)")
     steps: int = arg(20000, "generator updates to train for", within="[0, inf)")
-    flip: typing.Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits)")
+    flip: typing.Optional[bool] = arg(None, "random horizontal flips (default: on, off for digits; "
+                                      "most of the papers did not flip: --no-flip)")
     ema: bool = arg(False, "sample, export and score with an EMA of G's weights (not in the paper)")
     ema_decay: float = arg(0.999, "EMA decay per step", within="[0, 1]")
     seed: int = arg(0, "random seed", within="[0, 1e18]")
