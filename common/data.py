@@ -57,7 +57,7 @@ class ToyData:
 
     def __init__(self, name: str, device: torch.device):
         # ring8: 8 modes on a circle of radius 2, std 0.02. PacGAN's ring and the Unrolled GAN
-        # notebook's are radius 1, std 0.01: the same shape at half the scale (the metrics count stds)
+        # notebook's are radius 1, std 0.01: the same shape at half the scale (metrics count stds)
         if name == "ring8":
             angles = torch.arange(8) * (2 * torch.pi / 8)
             self.centres, self.std = torch.stack([2 * angles.cos(), 2 * angles.sin()], 1), 0.02
