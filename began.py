@@ -34,29 +34,9 @@ optional "vanishing residuals"; h0 concatenated after each upsampling lost k_t i
 test's run). Initialisation (the paper gives none): PyTorch's defaults; the official code's
 TF-slim defaults (Xavier-uniform weights, zero biases) lost k_t by step 500 and covered no class
 in the 16x16 learning-test run (PyTorch's: five).
-Short runs (--k-init, --beta1, --lr): on digits L(G(z)) > gamma * L(x) from the start, so k_t
-is pulled to 0 within a few hundred steps; with k_t = 0, D only autoencodes real images and G
-settles on what D reconstructs well. Measured on real digits (width 16, batch 16): at 16x16 and
-2,000 steps, k_0 = 0, 0.1 or 0.3, lambda_k up to 0.2 or gamma 0.8 gave one or two classes and
-k_0 = 0.5 gave seven; at 32x32, k_0 = 0.5 with gamma 0.7 still lost k_t by step 300 (4,000
-steps: blurred blobs, three classes), beta1 0.5 and lr 2e-4 with k_0 = 0 gave three classes,
-and k_0 = 0.5, gamma 0.7, beta1 0.5, lr 3e-4 kept k_t near 0.3 and gave eight classes in 2,000
-steps, but five in the CPU recipe's 4,000-step run. Since k_t and M_global read one D pass (the
-runs above read L(G(z)) after D's update): the recipe gave four classes (k_t 0.5 -> 0.12, narrow
-blobs), gamma 1 lost k_t by step 1,000, and the 16x16 test run six classes. Since D and G step
-together (the official order; before, G read D after its update), one 4,000-step run each at 32x32:
-lr 3e-4 five classes, the paper's lr 1e-4 eight (k_t 0.5 -> 0.16; the recipe since), and with lr
-1e-4 gamma 0.5 or 0.9 four; an EMA of G, k_0 = 0.8, width 24, batch 64 or the lr halving on 500-step
-windows gave five to seven (benchmarks/RESULTS.md). G's lr at twice D's (--lr-g 2e-4: the recipe
-now; 3e-4 collapsed onto 1s) kept k_t near 0.3 and gave seven and eight classes for seeds 0 and 1
-(FD 478, 444). What still loses k_t is an early spike: with k_0 = 0.5 D can raise L(G(z)) without
-bound while fakes are easy to tell (mean |D(G(z))| 177 at step 140 in one run), and k_t drains to 0
-within a few steps (seed 2 of 0-2 at --lr-g 2e-4, seed 3 of 0-3 at one lr). Neither k_0 = 0.3 (six
-and four classes) nor gamma 0.9 or 1 (seven) nor a longer run (seeds 0 and 1 resumed to 7,000 steps:
-five and six; the classes G draws drift as it trains) covered more, nor did EBGAN's pulling-away
-term on the embeddings of G's samples (weight 0.01 or 0.1: seven; 1 lost k_t), D's lr halved to a
-quarter of G's (six) or batch 64 (six), nor k_t held at 0.5 by lambda_k = 0 or a clip at 0.5 (seeds
-0 and 1: nine and seven; seed 2 never recovered from its spike). The defaults stay the paper's.
+The short CPU runs behind --k-init, --beta1 and --lr-g (k_t drained to 0 on digits with the
+paper's k_0 = 0; what else was tried and what each covered) are in benchmarks/RESULTS.md, "BEGAN".
+The defaults stay the paper's.
 """
 import copy
 import dataclasses
