@@ -36,11 +36,12 @@ Remedies for mode collapse, each off by default (the file is the 2014 GAN unless
     --label-smoothing a      sec. 3.4, one-sided: D's target for real samples is 1 - a
                              (fake stays 0)
     --historical-averaging w sec. 3.3: each player's loss + w ||theta - mean of its past theta||^2
-    --unroll K               Metz et al. 2017, arXiv:1611.02163: G's loss through D after K more
-                             Adam steps of D (eq. 7-10), differentiated through the steps (their
-                             main variant; the Adam second moments are held fixed in the
-                             differentiation), on a copy of D's parameters
-                             (torch.func.functional_call); D itself trains as before
+    --unroll K               Metz et al. 2017, arXiv:1611.02163: G minimises the minimax value
+                             f(theta_G, theta_D^K) at D's parameters after K more Adam steps
+                             (eq. 7-10; its real term reaches G through theta_D^K; --loss does not
+                             apply), differentiated through the steps (their main variant; the
+                             Adam second moments are held fixed in the differentiation), on a copy
+                             of D's parameters (torch.func.functional_call); D trains as before
     --pack m                 PacGAN, Lin et al. 2018, arXiv:1712.04086: D sees m samples side by
                              side, all real or all fake; each step draws m x batch samples
 Where they differ from their papers: minibatch discrimination uses the paper's plain T and its sum
@@ -236,6 +237,12 @@ def unrolled_d_params(D, opt_d, real, fake, k: int, real_target: float = 1.0) ->
     return dict(zip(names, theta))
 
 
+def unrolled_g_loss(real_logits_k, fake_logits_k, real_target: float = 1.0):
+    """Metz et al. eq. 10: G minimises the minimax value at the unrolled D, f = -d_loss(theta_D^K). Its
+    real term also depends on G, through theta_D^K; --loss does not apply."""
+    return -d_loss(real_logits_k, fake_logits_k, real_target)
+
+
 def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
     """k D steps, each on a fresh real and fake batch (Algorithm 1), then one G step. The remedies'
     flags change the losses; `history` holds the running means of G's and D's parameters for
@@ -262,9 +269,11 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
                 real_features = D.features(data.batch(n)[0])
             with frozen(D):
                 loss_g = feature_matching_loss(real_features, D.features(fake))
-        elif args.unroll:
-            theta_k = unrolled_d_params(D, opt_d, data.batch(n)[0], fake, args.unroll, real_target)
-            loss_g = g_loss(functional_call(D, theta_k, (fake,)), args.loss)
+        elif args.unroll:  # the paper's surrogate (eq. 10): G minimises f(theta_G, theta_D^K)
+            real_u = data.batch(n)[0]
+            theta_k = unrolled_d_params(D, opt_d, real_u, fake, args.unroll, real_target)
+            loss_g = unrolled_g_loss(functional_call(D, theta_k, (real_u,)),
+                                     functional_call(D, theta_k, (fake,)), real_target)
         else:
             with frozen(D):  # gradients through D for G, none for D's own weights
                 loss_g = g_loss(D(fake), args.loss)

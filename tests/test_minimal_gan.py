@@ -175,6 +175,19 @@ def test_unrolled_loss_differs_and_its_gradient_flows_through_the_unrolling_into
     assert not torch.allclose(g_unrolled, g_stopped)  # the path through theta_K(G) adds to the plain one
 
 
+def test_unrolled_g_loss_is_the_minimax_value_and_its_real_term_reaches_g():
+    """Metz et al. eq. 10: G minimises f = E log D(x) + E log(1 - D(G(z))) at theta_D^K; the real term depends
+    on G through theta_D^K (for a plain D it would not)."""
+    G, D, opt_d, real, z = _unroll_setup()
+    theta_k = mg.unrolled_d_params(D, opt_d, real, G(z), k=3)
+    real_k, fake_k = mg.functional_call(D, theta_k, (real,)), mg.functional_call(D, theta_k, (G(z),))
+    value = torch.nn.functional.logsigmoid(real_k).mean() + torch.log1p(-torch.sigmoid(fake_k)).mean()
+    assert torch.allclose(mg.unrolled_g_loss(real_k, fake_k), value, atol=1e-6)
+    grads = torch.autograd.grad(torch.nn.functional.logsigmoid(real_k).mean(), list(G.parameters()),
+                                allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
 @pytest.mark.slow
 def test_compile_and_bf16(tmp_path):
     run_compiled("minimal_gan.py", *TOY, "--amp", "bf16", "--run-dir", tmp_path / "r")
