@@ -269,7 +269,7 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
                 real_features = D.features(data.batch(n)[0])
             with frozen(D):
                 loss_g = feature_matching_loss(real_features, D.features(fake))
-        elif args.unroll:  # the paper's surrogate (eq. 10): G minimises f(theta_G, theta_D^K)
+        elif args.unroll:  # the paper's surrogate (eq. 10): f(theta_G, theta_D^K)
             real_u = data.batch(n)[0]
             theta_k = unrolled_d_params(D, opt_d, real_u, fake, args.unroll, real_target)
             loss_g = unrolled_g_loss(functional_call(D, theta_k, (real_u,)),
