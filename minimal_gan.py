@@ -238,8 +238,8 @@ def unrolled_d_params(D, opt_d, real, fake, k: int, real_target: float = 1.0) ->
 
 
 def unrolled_g_loss(real_logits_k, fake_logits_k, real_target: float = 1.0):
-    """Metz et al. eq. 10: G minimises the minimax value at the unrolled D, f = -d_loss(theta_D^K). Its
-    real term also depends on G, through theta_D^K; --loss does not apply."""
+    """Metz et al. eq. 10: G minimises the minimax value at the unrolled D, f = -d_loss at
+    theta_D^K. Its real term also depends on G, through theta_D^K; --loss does not apply."""
     return -d_loss(real_logits_k, fake_logits_k, real_target)
 
 
