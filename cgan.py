@@ -22,6 +22,9 @@ layers; a maxout D) trained with SGD + momentum, dropout and a decaying learning
 DCGAN convolutional networks and optimiser so that the file compares with dcgan.py and scales to
 CIFAR-10. z ~ N(0, I) instead of U(0, 1); the label embedding (a linear map of the one-hot y)
 starts at N(0, 1); batches are drawn with replacement.
+Sampling (grids, FID, --export) uses BatchNorm's running statistics (eval mode); DCGAN's code
+samples in train mode (batch statistics), which scored slightly better in classifier FD on the CPU
+recipes (benchmarks/RESULTS.md): kept so that a sample does not depend on the rest of its batch.
 """
 import copy
 import dataclasses

@@ -21,6 +21,9 @@ shows LSUN bedrooms, which common/data.py does not read); the critic is clipped 
 initialisation and after every update (Algorithm 1 clips after each update, the authors' code
 before each forward: together they keep every forward inside the box); batches are drawn with
 replacement rather than in epochs.
+Sampling (grids, FID, --export) uses BatchNorm's running statistics (eval mode); the authors' code
+samples in train mode (batch statistics), which scored slightly better in classifier FD on the CPU
+recipes (benchmarks/RESULTS.md): kept so that a sample does not depend on the rest of its batch.
 """
 import copy
 import dataclasses

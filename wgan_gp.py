@@ -22,6 +22,9 @@ offset per channel, which is nn.GroupNorm with one group. Weights ~ N(0, 0.02).
 Differences from the paper: the DCGAN backbone rather than the paper's ResNet (used for its
 CIFAR-10 and LSUN numbers); CelebA by default (LSUN and 64x64 ImageNet are not read by
 common/data.py); batches drawn with replacement.
+Sampling (grids, FID, --export) uses BatchNorm's running statistics (eval mode); the authors' code
+samples in train mode (batch statistics), which scored slightly better in classifier FD on the CPU
+recipes (benchmarks/RESULTS.md): kept so that a sample does not depend on the rest of its batch.
 """
 import copy
 import contextlib
