@@ -215,9 +215,9 @@ def main():
         run.set_samplers(sample,
                          grid=lambda: generate(G_sample, z_fixed.repeat(num_classes, 1), grid_y),
                          grid_rows=len(z_fixed), own_bn=ema)
+        # DDP across processes and torch.compile, when on
         # Under DDP each GPU keeps its own BatchNorm statistics, as on the paper's one GPU (this
         # also avoids PyTorch #175024).
-        # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 

@@ -233,9 +233,9 @@ def main():
         run.set_samplers(sample=lambda k: generate(G_sample,
                                                    torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
+        # DDP across processes and torch.compile, when on
         # Under DDP: per-GPU BatchNorm statistics in G; the power-iteration vectors follow identical
         # weights on every rank.
-        # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 

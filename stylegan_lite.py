@@ -387,9 +387,9 @@ def main():
         # how sample grids, FID and --export draw images
         run.set_samplers(sample=sample,
                          grid=lambda: generate(G_sample, z_fixed, args.truncation_psi))
+        # DDP across processes and torch.compile, when on
         # Under DDP each rank tracks its own w_avg (rank 0's is saved); this also avoids
         # PyTorch #175024.
-        # DDP across processes and torch.compile, when on
         G_train, D_train = (run.wrap(G, forward_sync_buffers=False),
                             run.wrap(D, forward_sync_buffers=False))
 

@@ -201,9 +201,9 @@ def main():
         run.set_samplers(sample=lambda k: generate(G_sample,
                                                    torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
+        # DDP across processes and torch.compile, when on
         # DDP: per-GPU BatchNorm statistics (also avoids PyTorch #175024); ranks clip identical
         # all-reduced weights.
-        # DDP across processes and torch.compile, when on
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 

@@ -228,8 +228,8 @@ def main():
         run.set_samplers(sample=lambda k: generate(G_sample,
                                                    torch.randn(k, args.z_dim, device=device)),
                          grid=lambda: generate(G_sample, z_fixed), own_bn=ema)
-        # DDP: G keeps per-GPU BatchNorm statistics (also avoids PyTorch #175024).
         # DDP across processes and torch.compile, when on
+        # DDP: G keeps per-GPU BatchNorm statistics (also avoids PyTorch #175024).
         G_train = run.wrap(G, forward_sync_buffers=False)
         D_train = run.wrap(D, forward_sync_buffers=False)
 
