@@ -119,7 +119,7 @@ def load_network(weights: str | None, device, flag: str = "--fid-weights") -> "F
     except Exception as e:  # random bytes, another network's state dict: say so in one line
         raise UserError(f"{path} does not hold the FID Inception weights "
                         f"({str(e).strip().splitlines()[0][:160]})") from None
-    return net.eval().requires_grad_(False).to(device)
+    return net.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
 
 
 @torch.no_grad()
