@@ -18,9 +18,10 @@ batches are drawn with replacement from the dataset rather than in epochs. The a
 code (Newmu/dcgan_code, faces) uses 5x5 kernels, 128 filters (1024 at 4x4) and a dense first G
 layer; the 4x4 kernels and width 64 (512 at 4x4) here are those of the widely used PyTorch port.
 Sampling (grids, FID, --export) uses BatchNorm's running statistics (eval mode); the authors' code
-samples in train mode (batch statistics), which scored slightly better on the CPU recipes
-(classifier FD 0.5 to 4.4 lower; FID on dcgan's 80.9 against 81.4, benchmarks/RESULTS.md): within
-noise, so we keep running statistics, with which a sample does not depend on the rest of its batch.
+samples in train mode (batch statistics), which scored a little better on the CPU recipes
+(benchmarks/RESULTS.md: classifier FD 0.5 to 4.4 lower in 11 of 12 runs, dcgan's FID 80.9
+against 81.4). We keep running statistics at that small cost: a sample then does not depend on the
+rest of its batch, so grids, exports and FID agree at any batch size.
 """
 import copy
 import dataclasses

@@ -23,9 +23,10 @@ Differences from the paper: the DCGAN backbone rather than the paper's ResNet (u
 CIFAR-10 and LSUN numbers); CelebA by default (LSUN and 64x64 ImageNet are not read by
 common/data.py); batches drawn with replacement.
 Sampling (grids, FID, --export) uses BatchNorm's running statistics (eval mode); the authors' code
-samples in train mode (batch statistics), which scored slightly better on the CPU recipes
-(classifier FD 0.5 to 4.4 lower; FID on dcgan's 80.9 against 81.4, benchmarks/RESULTS.md): within
-noise, so we keep running statistics, with which a sample does not depend on the rest of its batch.
+samples in train mode (batch statistics), which scored a little better on the CPU recipes
+(benchmarks/RESULTS.md: classifier FD 0.5 to 4.4 lower in 11 of 12 runs, dcgan's FID 80.9
+against 81.4). We keep running statistics at that small cost: a sample then does not depend on the
+rest of its batch, so grids, exports and FID agree at any batch size.
 """
 import copy
 import contextlib
