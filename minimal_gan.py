@@ -48,6 +48,15 @@ Where they differ from their papers: minibatch discrimination uses the paper's p
 over all j (Salimans' code also weight-normalises T, initialises from data and leaves out j = i);
 the K unrolled steps reuse one real batch and one z, as Metz et al.'s notebook does. Measured on
 ring8 / grid25: benchmarks/RESULTS.md.
+
+The setting of PacGAN's 2-D tables (its code, fjxmlzn/PacGAN, after VEEGAN's), reached by flags:
+G 4 x 400 ReLU with BatchNorm, D 3 x 200 maxout units of 5 pieces and no dropout, weights from
+N(0, 0.02), Adam lr 1e-4 with beta1 0.8, 100 (packed) inputs a batch, both players' gradients
+taken at the same weights before either steps, 400 passes over a fixed set of 100,000 points
+(their ring: ours at half the scale, --toy-scale 0.5); PacGAN4 on grid25:
+    python minimal_gan.py --dataset grid25 --g-hidden 400 --g-layers 4 --g-batchnorm --hidden 200
+        --maxout 5 --dropout 0 --init-std 0.02 --lr 1e-4 --beta1 0.8 --batch-size 100
+        --simultaneous --toy-points 100000 --steps 400000 --pack 4
 """
 import copy
 import dataclasses
@@ -88,6 +97,20 @@ class Args(RunArgs):
                          within="[0, 1)")
     lr: float = arg(5e-4, "Adam learning rate (paper: SGD with momentum)", within="(0, inf)")
     beta1: float = arg(0.5, "Adam beta1", within="[0, 1)")
+    # What the 2-D tables of PacGAN and VEEGAN trained (PacGAN's code); off by default
+    g_hidden: Optional[int] = arg(None, "units per hidden layer of G (default: --hidden; PacGAN's "
+                                  "2-D G: 400)", within="[1, inf)")
+    g_layers: Optional[int] = arg(None, "hidden layers of G (default: --layers; PacGAN's 2-D G: "
+                                  "4)", within="[1, inf)")
+    g_batchnorm: bool = arg(False, "BatchNorm before each ReLU of G (PacGAN's 2-D G)")
+    init_std: float = arg(0.0, "weights drawn from N(0, std), biases 0; 0: PyTorch's default "
+                          "(PacGAN's 2-D code: 0.02)", within="[0, inf)")
+    simultaneous: bool = arg(False, "D and G step together, both gradients at the current "
+                             "weights (PacGAN's code); default: D's step, then G's (Algorithm 1)")
+    toy_points: int = arg(0, "2-D data: a fixed training set of N points drawn once from --seed; "
+                          "0: fresh points every batch (PacGAN: 100,000)", within="[0, inf)")
+    toy_scale: float = arg(1.0, "2-D data: the mixture's centres and std times this (PacGAN's "
+                           "ring: 0.5, radius 1 and std 0.01)", within="(0, inf)")
     # Remedies for mode collapse, all off by default (the header cites each)
     feature_matching: bool = arg(False, "G matches the mean of D's last hidden layer on real and "
                                  "fake (paper: Salimans et al. sec. 3.1)")
@@ -124,11 +147,14 @@ class Maxout(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, hidden: int, layers: int, shape: tuple):
+    def __init__(self, z_dim: int, hidden: int, layers: int, shape: tuple,
+                 batchnorm: bool = False):
         super().__init__()
         dims = [z_dim] + [hidden] * layers
+        # with BatchNorm, a bias before it would be subtracted again
         blocks = [m for a, b in zip(dims, dims[1:])
-                  for m in (nn.Linear(a, b), nn.ReLU(inplace=True))]
+                  for m in (nn.Linear(a, b, bias=not batchnorm),
+                            *([nn.BatchNorm1d(b)] if batchnorm else []), nn.ReLU(inplace=True))]
         self.net = nn.Sequential(*blocks, nn.Linear(hidden, math.prod(shape)))
         self.shape, self.images = shape, len(shape) == 3
 
@@ -175,6 +201,15 @@ class Discriminator(nn.Module):
     def forward(self, x):
         f = self.features(x)
         return self.net[-1](f if self.minibatch is None else self.minibatch(f)).flatten()
+
+
+def init_normal(module: nn.Module, std: float):
+    """Linear weights from N(0, std), biases 0 (PacGAN's 2-D code: std 0.02)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def d_loss(real_logits, fake_logits, real_target: float = 1.0):
@@ -250,6 +285,20 @@ def train_step(G, D, opt_g, opt_d, scaler, data, args, amp_dtype, history=None):
     device, n = data.device, args.batch_size * args.pack  # PacGAN: m samples per D input
     autocast = autocast_to(device.type, amp_dtype)  # bf16/fp16 under --amp, else float32
     real_target = 1 - args.label_smoothing
+    if args.simultaneous:  # one batch; each loss reaches only its own player's weights
+        real, _ = data.batch(n)
+        with autocast:
+            fake = G(torch.randn(n, args.z_dim, device=device))
+            loss_d = d_loss(D(real), D(fake.detach()), real_target)
+            with frozen(D):
+                loss_g = g_loss(D(fake), args.loss)
+        opt_d.zero_grad(set_to_none=True)
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_d + loss_g).backward()
+        scaler.step(opt_d)
+        scaler.step(opt_g)
+        scaler.update()
+        return {"d_loss": loss_d.detach(), "g_loss": loss_g.detach()}
     for _ in range(args.d_steps):
         real, _ = data.batch(n)
         z = torch.randn(n, args.z_dim, device=device)
@@ -333,17 +382,29 @@ def main():
     with user_errors():
         if args.feature_matching and args.unroll:
             raise UserError("--feature-matching and --unroll each replace G's loss: choose one")
+        if args.simultaneous and (args.feature_matching or args.unroll or args.d_steps > 1
+                                  or args.historical_averaging):
+            raise UserError("--simultaneous takes one D and one G step on the plain losses: "
+                            "leave out --feature-matching, --unroll, --d-steps and "
+                            "--historical-averaging")
         if (args.feature_matching or args.unroll) and (run.compile or run.world > 1):
             raise UserError("--feature-matching and --unroll call D's layers directly: "
                             "run them in one process, with --no-compile")
         # the dataset decoded once into a uint8 tensor on the device; batches are drawn from it
-        data = run.load_data(args.image_size, toy=True)
+        if args.dataset not in ("ring8", "grid25") and (args.toy_points or args.toy_scale != 1):
+            raise UserError("--toy-points and --toy-scale are for ring8 and grid25")
+        data = run.load_data(args.image_size, toy=True, scale=args.toy_scale,
+                             points=args.toy_points)
         if data.is_2d and device.type == "cpu":
             torch.set_num_threads(1)  # MLPs this small run faster on one CPU thread (measured: 2x)
         args.z_dim = args.z_dim or (2 if data.is_2d else 100)
-        G = Generator(args.z_dim, args.hidden, args.layers, data.shape).to(device)
+        G = Generator(args.z_dim, args.g_hidden or args.hidden, args.g_layers or args.layers,
+                      data.shape, args.g_batchnorm).to(device)
         D = Discriminator(args.hidden, args.layers, args.maxout, args.dropout, data.shape,
                           args.pack, args.minibatch_disc, args.minibatch_dim).to(device)
+        if args.init_std:
+            init_normal(G, args.init_std)
+            init_normal(D, args.init_std)
         history = (tuple(copy.deepcopy(m).requires_grad_(False) for m in (G, D))
                    if args.historical_averaging else None)
         ema = copy.deepcopy(G).requires_grad_(False) if args.ema else None

@@ -55,21 +55,34 @@ class ToyData:
 
     is_2d = True
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, scale: float = 1.0, points: int = 0,
+                 seed: int = 0):
         # ring8: 8 modes on a circle of radius 2, std 0.02. PacGAN's ring and the Unrolled GAN
-        # notebook's are radius 1, std 0.01: the same shape at half the scale (metrics count stds)
+        # notebook's are radius 1, std 0.01: the same shape at half the scale (scale 0.5)
         if name == "ring8":
             angles = torch.arange(8) * (2 * torch.pi / 8)
             self.centres, self.std = torch.stack([2 * angles.cos(), 2 * angles.sin()], 1), 0.02
         else:  # grid25: modes at {-4,-2,0,2,4}^2, std 0.05 (VEEGAN; PacGAN)
             axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
             self.centres, self.std = torch.cartesian_prod(axis, axis), 0.05
+        self.centres, self.std = self.centres * scale, self.std * scale
+        # points > 0: a fixed training set drawn once from `seed` (PacGAN's 100,000), which
+        # batches draw from as from an image dataset; 0: fresh points for every batch
+        self.fixed = None
+        if points:
+            g = torch.Generator().manual_seed(seed)
+            k = torch.randint(len(self.centres), (points,), generator=g)
+            x = self.centres[k] + self.std * torch.randn(points, 2, generator=g)
+            self.fixed = (x.to(device), k.to(device))
         self.centres = self.centres.to(device)
         self.name, self.device, self.num_classes, self.labels = (
             name, device, len(self.centres), None)
         self.shape = (2,)
 
     def batch(self, n: int):
+        if self.fixed is not None:
+            i = torch.randint(len(self.fixed[0]), (n,), device=self.device)
+            return self.fixed[0][i], self.fixed[1][i]
         k = torch.randint(len(self.centres), (n,), device=self.device)
         return self.centres[k] + self.std * torch.randn(n, 2, device=self.device), k
 
@@ -110,15 +123,16 @@ class ImageData:
 
 
 def load(name: str, data_dir: str, image_size: int, device: torch.device, flip: bool = False,
-         need_labels: bool = False, rank: int = 0, world: int = 1):
+         need_labels: bool = False, rank: int = 0, world: int = 1, **toy):
     """The dataset `name` at `image_size`, ready to sample on `device`.
 
-    rank/world: under DDP each rank keeps every world-th image, its own shard.
+    rank/world: under DDP each rank keeps every world-th image, its own shard. toy: ToyData's
+    scale, points and seed.
     """
     if name in TOY_DATASETS:
         if need_labels:
             raise UserError(f"{name} is a 2-D toy set; this script needs a labelled image dataset")
-        return ToyData(name, device)
+        return ToyData(name, device, **toy)
     if image_size < 4:
         raise UserError(f"--image-size must be at least 4, got {image_size}")
     images, labels, classes, key = _cached(name, Path(data_dir), image_size)

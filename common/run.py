@@ -561,9 +561,10 @@ class Run:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(args.seed)
 
-    def load_data(self, image_size: int, need_labels: bool = False, toy: bool = False):
+    def load_data(self, image_size: int, need_labels: bool = False, toy: bool = False,
+                  **toy_data):
         """The dataset on the device (this rank's share under DDP). Flips default on, off for
-        digits."""
+        digits. toy_data: ToyData's scale and points (its seed is --seed)."""
         args = self.args
         # need_labels: data.load says why
         if args.dataset in datasets.TOY_DATASETS and not (toy or need_labels):
@@ -572,7 +573,8 @@ class Run:
         flip = (args.flip if args.flip is not None
                 else args.dataset not in ("mnist", "fashion_mnist"))
         self.data = datasets.load(args.dataset, args.data_dir, image_size, self.device, flip=flip,
-                                  need_labels=need_labels, rank=self.rank, world=self.world)
+                                  need_labels=need_labels, rank=self.rank, world=self.world,
+                                  **({**toy_data, "seed": args.seed} if toy_data else {}))
         # a conditional model is built for these
         self.classes = list(self.data.classes) if need_labels else None
         return self.data

@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import importlib
 
 import numpy as np
@@ -87,6 +89,73 @@ def test_remedy_flags_are_checked():
     assert_user_error(run_in_process("minimal_gan.py", "--pack", "0"), "--pack")
     assert_user_error(run_in_process("minimal_gan.py", "--label-smoothing", "1"), "--label-smoothing")
     assert_user_error(run_in_process("minimal_gan.py", "--unroll", "2", "--compile"), "--no-compile")
+
+
+def test_pacgan_setting_flags_are_checked():
+    assert_user_error(run_in_process("minimal_gan.py", "--simultaneous", "--unroll", "2"), "--simultaneous")
+    assert_user_error(run_in_process("minimal_gan.py", "--simultaneous", "--d-steps", "2"), "--simultaneous")
+    assert_user_error(run_in_process("minimal_gan.py", "--toy-scale", "0"), "--toy-scale")
+    assert_user_error(run_in_process("minimal_gan.py", "--dataset", "mnist", "--data-dir", "/nonexistent",
+                                     "--toy-points", "10"), "--toy-points")
+
+
+def test_pacgan_generator_and_initialisation():
+    torch.manual_seed(0)
+    G = mg.Generator(2, 400, 4, (2,), batchnorm=True)
+    linears = [m for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2, 400)] + [(400, 400)] * 3 + [(400, 2)]
+    assert len(norms) == 4 and [m.bias is None for m in linears] == [True] * 4 + [False]
+    assert isinstance(G.net[1], torch.nn.BatchNorm1d) and isinstance(G.net[2], torch.nn.ReLU)  # BN, then ReLU
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in mg.Generator(2, 8, 2, (2,)).modules())
+    D = mg.Discriminator(200, 3, 5, 0.0, (2,), pack=2)
+    mg.init_normal(D, 0.02)
+    w = torch.cat([m.weight.flatten() for m in D.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert all(m.bias.abs().max() == 0 for m in D.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_fixed_toy_set_and_scale():
+    data = ToyData("ring8", torch.device("cpu"), scale=0.5, points=1000, seed=3)
+    assert torch.allclose(data.centres.norm(dim=1), torch.full((8,), 1.0)) and data.std == pytest.approx(0.01)
+    x, k = data.batch(500)
+    rows = {tuple(r) for r in data.fixed[0].tolist()}
+    assert all(tuple(r) in rows for r in x.tolist())  # every batch point is one of the 1,000
+    assert (x - data.centres[k]).abs().max() < 6 * 0.01  # and near its own mode
+    assert torch.equal(ToyData("ring8", torch.device("cpu"), scale=0.5, points=1000, seed=3).fixed[0], data.fixed[0])
+    assert not torch.equal(ToyData("ring8", torch.device("cpu"), scale=0.5, points=1000, seed=4).fixed[0],
+                           data.fixed[0])
+    fresh = ToyData("ring8", torch.device("cpu"))
+    assert fresh.fixed is None and fresh.std == 0.02 and len({tuple(r) for r in fresh.batch(500)[0].tolist()}) == 500
+
+
+def test_simultaneous_step_takes_both_gradients_at_the_same_weights():
+    """Adam's first step moves each weight by -lr * sign(grad): G's move follows the gradient of its loss at D's
+    weights before D's step, and D's that of its own loss at G's weights before G's step."""
+    torch.manual_seed(0)
+    data = ToyData("grid25", torch.device("cpu"))
+    args = mg.Args(batch_size=16, z_dim=2, lr=1e-3, dropout=0.0, simultaneous=True)
+    G, D = mg.Generator(2, 8, 2, (2,)), mg.Discriminator(8, 2, 2, 0.0, (2,))
+    G0, D0 = copy.deepcopy(G), copy.deepcopy(D)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.5, 0.999)) for m in (G, D))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    torch.manual_seed(1)
+    mg.train_step(G, D, opt_g, opt_d, scaler, data, args, None)
+    torch.manual_seed(1)
+    real, _ = data.batch(16)
+    fake = G0(torch.randn(16, 2))
+    grad_g = torch.autograd.grad(mg.g_loss(D0(fake), "nonsaturating"), list(G0.parameters()), retain_graph=True)
+    grad_d = torch.autograd.grad(mg.d_loss(D0(real), D0(fake.detach())), list(D0.parameters()))
+    for model, before, grads in ((G, G0, grad_g), (D, D0, grad_d)):
+        for p, p0, g in zip(model.parameters(), before.parameters(), grads):
+            moved = g.abs() > 1e-4  # Adam: lr * g / (|g| + eps), eps 1e-8
+            assert torch.allclose((p - p0)[moved], -1e-3 * g.sign()[moved], atol=1e-6)
+    # Algorithm 1's order (D first, G against the new D) moves G otherwise
+    G1, D1 = copy.deepcopy(G0), copy.deepcopy(D0)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.5, 0.999)) for m in (G1, D1))
+    torch.manual_seed(1)
+    mg.train_step(G1, D1, opt_g, opt_d, scaler, data, dataclasses.replace(args, simultaneous=False), None)
+    assert not all(torch.equal(a, b) for a, b in zip(G1.parameters(), G.parameters()))
 
 
 def test_packing_puts_m_samples_side_by_side():
