@@ -1,17 +1,21 @@
-"""Judging generated digits or clothes: a small classifier of our own, trained on the training split of an MNIST or
-Fashion-MNIST folder and cached there, scores a set of samples against the held-out split.
+"""Judging generated digits, clothes or colour artwork: a small classifier of our own, trained on the training split
+of an MNIST or Fashion-MNIST folder (or of a folder of class sub-folders) and cached, scores a set of samples against
+the held-out split.
 
     judge = DigitJudge.load("data", size=32)        # trains once (a minute on a CPU), then loads the cache
     judge = DigitJudge.load("data", size=32, dataset="fashion_mnist")
-    scores = judge.score(images)                   # images: (N, 1, H, W) in [-1, 1]
+    judge = DigitJudge.load_folder("emoji", cache="data")   # emoji/train and emoji/test (benchmarks.emoji writes them)
+    scores = judge.score(images)                   # images: (N, C, H, W) in [-1, 1]
     scores = judge.score(images, labels=asked)     # cgan: also the share whose class is the asked label
 
 Scores: `fd`, the Frechet distance between the classifier's penultimate features of the samples and of the
-held-out digits (0 for a perfect generator, up to the sampling noise of the two sets); `confident`, the share
-of samples the classifier calls with probability > 0.9 (0.7 for Fashion-MNIST: CONFIDENT); `covered`, the classes that hold at least 2% of the
-samples among the confident calls (a collapsed generator covers one or two, an untrained one none or a
-few); `class_share`, each class's share of the confident calls; `label_acc`, with `labels`, the share of
-samples classified as the label they were generated for.
+held-out images (0 for a perfect generator, up to the sampling noise of the two sets); `confident`, the share of
+samples the classifier calls with probability > 0.9 (0.7 for Fashion-MNIST and folders: CONFIDENT); `covered`, the
+classes that hold at least 2% of the samples among the confident calls (a collapsed generator covers one or two, an
+untrained one none or a few); `class_share`, each class's share of the confident calls; `tv`, the total variation
+distance between the samples' class mix and the held-out images' (each image counted as its most likely class: 0 when
+the proportions match); `label_acc`, with `labels`, the share of samples classified as the label they were generated
+for.
 
 `write_sklearn_digits(folder)` writes scikit-learn's 1,797 real 8x8 digits (a test-only dependency) in
 MNIST's on-disk layout (28x28, centred in 20x20 like MNIST's), for machines where MNIST cannot be
@@ -29,8 +33,10 @@ import torch.nn.functional as F
 # A sample counts as a clear image of its class when the classifier gives the class more than this. Fashion-MNIST's
 # shirts look like its T-shirts, pullovers and coats: at 0.9 only 1% of its real test images are confident shirts (the
 # real images would cover nine classes), at 0.7 4.7% at 32x32 and at 16x16.
-CONFIDENT = {"mnist": 0.9, "fashion_mnist": 0.7}
+CONFIDENT = {"mnist": 0.9, "fashion_mnist": 0.7, "folder": 0.7}
 COVERED = 0.02    # a class is covered when at least this share of all samples are confident calls of it
+# A folder's judge (colour artwork: benchmarks.emoji's 1,715 training emoji) trains this many steps of 64.
+FOLDER_STEPS = 2000
 
 
 def write_sklearn_digits(folder: Path, test: int = 297, seed: int = 0) -> Path:
@@ -93,16 +99,24 @@ def read_mnist_split(folder: Path, train: bool, size: int, dataset: str = "mnist
     return x / 127.5 - 1, ds.targets.long()
 
 
+def read_folder_split(folder: Path, split: str, size: int, cache: Path):
+    """FOLDER/SPLIT (one sub-folder per class, as `python -m benchmarks.emoji` writes) at `size`, decoded as the
+    scripts decode it (common.data, cached in CACHE), in [-1, 1]; its labels and class names."""
+    from common.data import load
+    data = load(str(Path(folder) / split), str(cache), size, torch.device("cpu"), need_labels=True)
+    return data.images.float() / 127.5 - 1, data.labels, data.classes
+
+
 class Classifier(nn.Module):
     """Two conv blocks and a 64-unit feature layer: ~99% on MNIST, ~98% on the scikit-learn digits."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, channels: int = 1, classes: int = 10):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * (size // 4) ** 2, 64), nn.ReLU())
-        self.head = nn.Linear(64, 10)
+        self.head = nn.Linear(64, classes)
 
     def forward(self, x):
         f = self.conv(x)
@@ -117,11 +131,43 @@ def _shift(x, pixels: int):
     return torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(zip(dy, dx))])
 
 
+def _train_classifier(x, y, size: int, steps: int, seed: int, classes: int, flip: bool = False) -> Classifier:
+    """A Classifier trained on (x, y) with random shifts (and horizontal flips), from `seed` alone."""
+    with torch.random.fork_rng():
+        # The initial weights from the seed too: torch seeds each new process at random, so a judge initialised
+        # before this point differed from run to run (and from a test worker to a plain process).
+        torch.manual_seed(seed)
+        net = Classifier(size, x.shape[1], classes)
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        net.train()
+        for step in range(steps):
+            idx = torch.randint(len(x), (64,))
+            batch = _shift(x[idx], max(1, size // 16))
+            if flip:
+                batch = torch.where(torch.rand(64, 1, 1, 1) < 0.5, batch.flip(3), batch)
+            loss = F.cross_entropy(net(batch)[0], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net
+
+
+def _save(path: Path, net: Classifier, key: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"net": net.state_dict(), **key}, tmp)
+    tmp.replace(path)
+
+
 class DigitJudge:
     def __init__(self, net: Classifier, size: int, held_out: torch.Tensor, held_out_labels: torch.Tensor,
-                 dataset: str = "mnist"):
+                 dataset: str = "mnist", class_names=None):
         self.net, self.size, self.confident = net.eval(), size, CONFIDENT[dataset]
-        self.accuracy = (self.classify(held_out)[0] == held_out_labels).double().mean().item()
+        self.classes = net.head.out_features
+        self.class_names = class_names or [str(c) for c in range(self.classes)]
+        pred = self.classify(held_out)[0]
+        self.accuracy = (pred == held_out_labels).double().mean().item()
+        self.real_share = torch.bincount(pred, minlength=self.classes).double() / len(pred)
         self.mu, self.sigma = _stats(self.features(held_out))
 
     @classmethod
@@ -141,28 +187,39 @@ class DigitJudge:
             net.load_state_dict(saved["net"])
             return cls(net, size, held_out, held_labels, dataset)
         x, y = read_mnist_split(folder, True, size, dataset)
-        with torch.random.fork_rng():
-            # The initial weights from the seed too: torch seeds each new process at random, so a judge initialised
-            # before this point differed from run to run (and from a test worker to a plain process).
-            torch.manual_seed(seed)
-            net = Classifier(size)
-            opt = torch.optim.Adam(net.parameters(), 1e-3)
-            net.train()
-            for step in range(steps):
-                idx = torch.randint(len(x), (64,))
-                logits, _ = net(_shift(x[idx], max(1, size // 16)))
-                loss = F.cross_entropy(logits, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), **key}, tmp)
-        tmp.replace(path)
+        net = _train_classifier(x, y, size, steps, seed, 10)
+        _save(path, net, key)
         judge = cls(net, size, held_out, held_labels, dataset)
         if verbose:
             print(f"{dataset} classifier trained on {len(x)} images at {size}x{size}: {judge.accuracy:.1%} on the "
                   f"{len(held_out)} held-out images")
+        return judge
+
+    @classmethod
+    def load_folder(cls, folder, cache, size: int = 32, steps: int = FOLDER_STEPS, seed: int = 0,
+                    verbose: bool = True):
+        """The judge for a folder of colour images with FOLDER/train and FOLDER/test (one sub-folder per class): trained
+        on FOLDER/train with shifts and flips, scored against FOLDER/test; cached in CACHE (the runner's data dir) as
+        folder_classifier_<size>_<steps>.pt, keyed by the files of both splits."""
+        x, y, names = read_folder_split(folder, "train", size, cache)
+        held_out, held_labels, test_names = read_folder_split(folder, "test", size, cache)
+        if test_names != names:
+            raise ValueError(f"{folder}/test's classes ({', '.join(test_names)}) differ from train's "
+                             f"({', '.join(names)})")
+        files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*.png"))
+        key = {"source": files, "steps": steps, "seed": seed}
+        path = Path(cache) / "cache" / f"folder_classifier_{Path(folder).resolve().name}_{size}_{steps}.pt"
+        saved = torch.load(path, weights_only=False) if path.exists() else {}
+        if all(saved.get(k) == v for k, v in key.items()):
+            net = Classifier(size, x.shape[1], len(names))
+            net.load_state_dict(saved["net"])
+            return cls(net, size, held_out, held_labels, "folder", names)
+        net = _train_classifier(x, y, size, steps, seed, len(names), flip=True)
+        _save(path, net, key)
+        judge = cls(net, size, held_out, held_labels, "folder", names)
+        if verbose:
+            print(f"{Path(folder).name} classifier trained on {len(x)} images at {size}x{size}: "
+                  f"{judge.accuracy:.1%} on the {len(held_out)} held-out images")
         return judge
 
     @torch.no_grad()
@@ -185,8 +242,11 @@ class DigitJudge:
         logits, feats = self._outputs(images)
         prob, pred = logits.softmax(1).max(1)
         confident = prob > self.confident
-        counts = torch.bincount(pred[confident], minlength=10)
+        counts = torch.bincount(pred[confident], minlength=self.classes)
+        share = torch.bincount(pred, minlength=self.classes).double() / len(pred)
         out = {"fd": _frechet(*_stats(feats), self.mu, self.sigma),
+               # how far the samples' class mix is from the held-out images' (both as this classifier calls them)
+               "tv": 0.5 * (share - self.real_share).abs().sum().item(),
                "confident": confident.double().mean().item(),
                "covered": int((counts >= COVERED * len(images)).sum()),
                "class_share": (counts / max(int(confident.sum()), 1)).tolist()}
@@ -206,14 +266,16 @@ def _frechet(mu1, s1, mu2, s2) -> float:
 
 
 def load_export(folder: Path):
-    """The PNGs of RUN_DIR/export as (N, 1, H, W) in [-1, 1], and the labels of cgan's `<class>_<index>.png`
-    names (None for plain names)."""
+    """The PNGs of RUN_DIR/export as (N, C, H, W) in [-1, 1] (C: 1 for greyscale PNGs, else 3), and the labels of
+    cgan's `<class>_<index>.png` names (None for plain names)."""
     from PIL import Image
     files = sorted(Path(folder).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"no PNGs in {folder}")
-    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in files]))
+    mode = "L" if Image.open(files[0]).mode in ("L", "LA", "1", "I", "I;16") else "RGB"
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert(mode), dtype=np.float32) for p in files]))
     labels = None
     if all("_" in p.stem for p in files):
         labels = torch.tensor([int(p.stem.split("_")[0]) for p in files])
-    return x.unsqueeze(1) / 127.5 - 1, labels
+    x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)
+    return x / 127.5 - 1, labels

@@ -14,6 +14,11 @@ Each recipe runs as a user would run it (`python SCRIPT.py --dataset fashion_mni
 - with the standard FID Inception network (`--fid-weights`; see the README's FID section for the offline route):
   FID and KID against as many test images as samples (the first 2,000 by default), and precision and recall (k = 3).
 `--score-only` scores the runs already in RUNS_DIR without training.
+
+`--dataset FOLDER` (a folder with train/ and test/, one sub-folder per class, as `python -m benchmarks.emoji FOLDER`
+writes colour emoji) runs benchmarks/cpu_recipes_color.txt on FOLDER/train; the judge is the same small classifier
+trained on FOLDER/train (shifts and flips) and scored against FOLDER/test, and FID and KID are against all of
+FOLDER/train, since a test split of a few hundred images is too small for a 2,048-d covariance.
 """
 import argparse
 import os
@@ -28,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = Path(__file__).with_name("cpu_recipes.txt")
+COLOUR_RECIPES = Path(__file__).with_name("cpu_recipes_color.txt")  # for a folder of colour images
 # The judge's training steps (batch 64: 13 passes over the 60,000). On the Fashion-MNIST test images: 89.3% after
 # 3,000 steps (the learning tests' judges train 2,000 at 16x16), 90.7% after 6,000, 91.9% after 9,000 and 12,000.
 JUDGE_STEPS = 12_000
@@ -96,10 +102,14 @@ class InceptionScores:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", required=True, help="holds FashionMNIST/raw (or MNIST/raw) with the four idx files")
-    p.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "mnist"))
+    p.add_argument("--data-dir", required=True, help="holds FashionMNIST/raw (or MNIST/raw) with the four idx files; "
+                                                     "with a folder --dataset, the scripts' and the judge's caches")
+    p.add_argument("--dataset", default="fashion_mnist",
+                   help="fashion_mnist, mnist, or a folder holding train/ and test/, each with one sub-folder per "
+                        "class (python -m benchmarks.emoji DIR writes one); the recipes train on its train/")
     p.add_argument("--scripts", default=",".join(SCRIPTS), help="comma-separated script names (default: all ten)")
-    p.add_argument("--recipes", default=str(RECIPES), help="the recipes file")
+    p.add_argument("--recipes", default=None,
+                   help=f"the recipes file (default: {RECIPES.name}, or {COLOUR_RECIPES.name} for a folder)")
     p.add_argument("--runs-dir", default="runs/recipes", help="where each recipe's run directory and log go")
     p.add_argument("--samples", type=int, default=2000, help="exported samples scored per recipe")
     p.add_argument("--seed", type=int, default=None, help="--seed for every recipe (default: the scripts' own, 0)")
@@ -111,8 +121,13 @@ def main(argv=None):
     p.add_argument("--sklearn-digits", action="store_true",
                    help="first write scikit-learn's digits into DATA_DIR in MNIST's layout (needs scikit-learn)")
     args = p.parse_args(argv)
-    from benchmarks.digits import DATASETS, DigitJudge, load_export, read_mnist_split, write_sklearn_digits
+    from benchmarks.digits import (DATASETS, DigitJudge, load_export, read_folder_split, read_mnist_split,
+                                   write_sklearn_digits)
     data_dir, runs = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
+    folder = None if args.dataset in DATASETS else Path(args.dataset).resolve()
+    if folder is not None and not all((folder / split).is_dir() for split in ("train", "test")):
+        p.error(f"--dataset {args.dataset}: not fashion_mnist or mnist, nor a folder with train/ and test/ in it")
+    args.recipes = args.recipes or str(RECIPES if folder is None else COLOUR_RECIPES)
     try:
         recipes = read_recipes(Path(args.recipes))
     except (OSError, ValueError) as e:
@@ -124,11 +139,11 @@ def main(argv=None):
         if args.dataset != "mnist":
             p.error("--sklearn-digits writes MNIST's layout: add --dataset mnist")
         write_sklearn_digits(data_dir)
-    raw = data_dir / DATASETS[args.dataset] / "raw"
+    raw = data_dir / DATASETS.get(args.dataset, "") / "raw"
     if args.dataset == "fashion_mnist" and not raw.is_dir():  # Debian's package, unpacked into DATA_DIR once
         from common.data import fashion_mnist_dir
         fashion_mnist_dir(data_dir)
-    if not raw.is_dir():
+    if folder is None and not raw.is_dir():
         p.error(f"{raw} does not exist: put the four idx files there")
     if args.fid_weights and not Path(args.fid_weights).is_file():
         p.error(f"--fid-weights {args.fid_weights} does not exist")
@@ -138,18 +153,24 @@ def main(argv=None):
 
     def train(name):
         print(f"{name}: {' '.join(recipes[name])}", flush=True)
-        minutes = run_recipe(name, recipes[name], data_dir, runs / name, args.samples, args.dataset, args.seed,
-                             threads)
+        minutes = run_recipe(name, recipes[name], data_dir, runs / name, args.samples,
+                             args.dataset if folder is None else str(folder / "train"), args.seed, threads)
         print(f"  {name}: {minutes:.1f} min", flush=True)
 
     if not args.score_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(train, names))
-    judge = DigitJudge.load(data_dir, size=32, dataset=args.dataset, steps=JUDGE_STEPS)
-    real, real_labels = read_mnist_split(data_dir, False, 32, args.dataset)
     n = args.samples
-    inception = InceptionScores(args.fid_weights, real[:n]) if args.fid_weights else None
-    rows = [("real test images", 0.0, real[n:2 * n], real_labels[n:2 * n])]  # outside the FID reference
+    if folder is None:
+        judge = DigitJudge.load(data_dir, size=32, dataset=args.dataset, steps=JUDGE_STEPS)
+        real, real_labels = read_mnist_split(data_dir, False, 32, args.dataset)
+        reference, held_out, held_labels = real[:n], real[n:2 * n], real_labels[n:2 * n]
+    else:  # a few thousand images at most: FID against all of train/ (what G saw); the real row is test/
+        judge = DigitJudge.load_folder(folder, data_dir, size=32)
+        reference = read_folder_split(folder, "train", 32, data_dir)[0]
+        held_out, held_labels, _ = read_folder_split(folder, "test", 32, data_dir)
+    inception = InceptionScores(args.fid_weights, reference) if args.fid_weights else None
+    rows = [("real test images", 0.0, held_out, held_labels)]  # outside the FID reference
     for name in names:
         images, labels = load_export(runs / name / "export")
         if len(images) < n:
@@ -157,20 +178,24 @@ def main(argv=None):
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]  # cgan's files go by class
         labels = labels[keep] if labels is not None else None
         rows.append((name, float((runs / name / "minutes.txt").read_text()), images[keep], labels))
-    print(f"\n{args.dataset} classifier: {judge.accuracy:.1%} on the {len(real)} test images; a class is covered when "
-          f"2% of the samples are confident calls of it; confident = probability > {judge.confident}. "
-          f"{n} samples per row" + (f"; FID, KID and precision/recall against the first {n} test images (the real "
-                                    f"row: the next {n})" if inception else "") + "\n")
+    against = (f"the first {n} test images (the real row: the next {n})" if folder is None else
+               f"the {len(reference)} images of train/ (the real row: the {len(held_out)} of test/)")
+    print(f"\n{folder.name if folder else args.dataset} classifier: {judge.accuracy:.1%} on the "
+          f"{len(held_labels) if folder else len(real)} test images; a class is covered when 2% of the samples are "
+          f"confident calls of it; confident = probability > {judge.confident}; class mix: the total variation "
+          f"distance to the test images' (0: the same proportions). {n} samples per row"
+          + (f"; FID, KID and precision/recall against {against}" if inception else "") + "\n")
     print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class's "
-          "confident share | FD (classifier) | matches its label |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "confident share | class mix | FD (classifier) | matches its label |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, minutes, images, labels in rows:
         s = judge.score(images, labels)
         i = inception.score(images) if inception else {}
         fid = f"{i['fid']:.1f} | {1000 * i['kid']:.1f} | {i['precision']:.2f} | {i['recall']:.2f}" if i else "- | - | - | -"
         label = f"{s['label_acc']:.0%}" if "label_acc" in s and name in SCRIPTS else "-"
-        print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {fid} | {s['covered']}/10 | "
-              f"{s['confident']:.0%} | {min(s['class_share']) * s['confident']:.1%} | {s['fd']:.1f} | {label} |", flush=True)
+        print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {fid} | {s['covered']}/{judge.classes} | "
+              f"{s['confident']:.0%} | {min(s['class_share']) * s['confident']:.1%} | {s['tv']:.2f} | {s['fd']:.1f} | "
+              f"{label} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 import pytest
+import torch
 
 from benchmarks.recipes import LEFT_TO_THE_RUNNER, SCRIPTS, main as run_recipes, read_recipes
 from helpers import ROOT, run_here
@@ -98,3 +99,75 @@ def test_the_runner_says_what_is_missing(tmp_path, capsys):
         run_recipes(["--data-dir", str(tmp_path), "--recipes", str(tmp_path / "r.txt"), "--scripts", "dcgan",
                      "--dataset", "mnist"])
     assert "MNIST" in capsys.readouterr().err
+
+
+def _colour_folder(root, per_class=(24, 6)):
+    """root/train and root/test with three classes of solid colour squares on white (red, green, blue), in the layout
+    python -m benchmarks.emoji writes."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        for c, name in enumerate(("blue", "green", "red")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                x = np.full((24, 24, 3), 255, np.uint8)
+                a, b = rng.integers(0, 10, 2)
+                x[a:a + 12, b:b + 12] = 0
+                x[a:a + 12, b:b + 12, 2 - c] = 255
+                Image.fromarray(x).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_folder_judge_scores_colour_images_and_their_class_mix(tmp_path):
+    from benchmarks.digits import DigitJudge, read_folder_split
+    folder = _colour_folder(tmp_path / "squares")
+    judge = DigitJudge.load_folder(folder, tmp_path / "data", size=16, steps=150, verbose=False)
+    assert judge.classes == 3 and judge.class_names == ["blue", "green", "red"] and judge.accuracy == 1.0
+    test, labels, _ = read_folder_split(folder, "test", 16, tmp_path / "data")
+    assert test.shape == (18, 3, 16, 16)
+    same = judge.score(test)
+    assert same["covered"] == 3 and same["tv"] < 1e-9
+    reds = judge.score(test[labels == 2])  # one class of three: two thirds of the mix is missing
+    assert reds["covered"] == 1 and abs(reds["tv"] - 2 / 3) < 1e-6
+    again = DigitJudge.load_folder(folder, tmp_path / "data", size=16, steps=150, verbose=False)  # from the cache
+    assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), judge.net.state_dict().values()))
+
+
+def test_load_export_keeps_colour(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from benchmarks.digits import load_export
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "grey").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), (255, 0, 0), np.uint8)).save(tmp_path / "rgb" / f"{i}_{i}.png")
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "grey" / f"{i}.png")
+    x, labels = load_export(tmp_path / "rgb")
+    assert x.shape == (2, 3, 8, 8) and x[:, 0].eq(1).all() and x[:, 1:].eq(-1).all() and labels.tolist() == [0, 1]
+    x, labels = load_export(tmp_path / "grey")
+    assert x.shape == (2, 1, 8, 8) and labels is None
+
+
+@pytest.mark.slow
+def test_the_runner_trains_and_scores_a_colour_folder(tmp_path, capsys, monkeypatch):
+    import benchmarks.digits as digits
+    monkeypatch.setattr(digits, "FOLDER_STEPS", 150)
+    load = digits.DigitJudge.load_folder.__func__
+    monkeypatch.setattr(digits.DigitJudge, "load_folder", classmethod(
+        lambda cls, folder, cache, size: load(cls, folder, cache, size, steps=150)))
+    folder = _colour_folder(tmp_path / "squares")
+    (tmp_path / "r.txt").write_text("dcgan.py --image-size 32 --width 8 --batch-size 8 --steps 2\n")
+    run_recipes(["--data-dir", str(tmp_path / "data"), "--dataset", str(folder), "--scripts", "dcgan",
+                 "--recipes", str(tmp_path / "r.txt"), "--runs-dir", str(tmp_path / "runs"), "--samples", "20"])
+    out = capsys.readouterr().out
+    print(out)
+    real = next(line for line in out.splitlines() if line.startswith("| real test images | 0.0 |"))
+    assert real.split("|")[7].strip() == "3/3" and float(real.split("|")[10]) < 1e-9
+    row = next(line for line in out.splitlines() if line.startswith("| dcgan.py |"))
+    assert row.split("|")[7].strip().endswith("/3")
+    from benchmarks.digits import load_export
+    assert load_export(tmp_path / "runs" / "dcgan" / "export")[0].shape[1] == 3
+    with pytest.raises(SystemExit):
+        run_recipes(["--data-dir", str(tmp_path / "data"), "--dataset", str(tmp_path / "nowhere")])
+    assert "train/ and test/" in capsys.readouterr().err
