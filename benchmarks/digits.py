@@ -161,14 +161,15 @@ def _save(path: Path, net: Classifier, key: dict):
 
 class DigitJudge:
     def __init__(self, net: Classifier, size: int, held_out: torch.Tensor, held_out_labels: torch.Tensor,
-                 dataset: str = "mnist", class_names=None):
+                 dataset: str = "mnist", class_names=None, reference: torch.Tensor = None):
+        """Accuracy on the held-out images; FD and the class mix against `reference` (default: the held-out)."""
         self.net, self.size, self.confident = net.eval(), size, CONFIDENT[dataset]
         self.classes = net.head.out_features
         self.class_names = class_names or [str(c) for c in range(self.classes)]
-        pred = self.classify(held_out)[0]
-        self.accuracy = (pred == held_out_labels).double().mean().item()
-        self.real_share = torch.bincount(pred, minlength=self.classes).double() / len(pred)
-        self.mu, self.sigma = _stats(self.features(held_out))
+        self.accuracy = (self.classify(held_out)[0] == held_out_labels).double().mean().item()
+        reference = held_out if reference is None else reference
+        self.real_share = torch.bincount(self.classify(reference)[0], minlength=self.classes).double() / len(reference)
+        self.mu, self.sigma = _stats(self.features(reference))
 
     @classmethod
     def load(cls, folder, size: int, steps: int = 3000, seed: int = 0, verbose: bool = True, dataset: str = "mnist"):
@@ -199,8 +200,10 @@ class DigitJudge:
     def load_folder(cls, folder, cache, size: int = 32, steps: int = FOLDER_STEPS, seed: int = 0,
                     verbose: bool = True):
         """The judge for a folder of colour images with FOLDER/train and FOLDER/test (one sub-folder per class): trained
-        on FOLDER/train with shifts and flips, scored against FOLDER/test; cached in CACHE (the runner's data dir) as
-        folder_classifier_<size>_<steps>.pt, keyed by the files of both splits."""
+        on FOLDER/train with shifts and flips, its accuracy measured on FOLDER/test; FD and the class mix against
+        FOLDER/train (what G learns from; a test split of a couple of hundred images gives a poor covariance), so the
+        real test images score as a held-out sample would. Cached in CACHE (the runner's data dir) as
+        folder_classifier_<name>_<size>_<steps>.pt, keyed by the files of both splits."""
         x, y, names = read_folder_split(folder, "train", size, cache)
         held_out, held_labels, test_names = read_folder_split(folder, "test", size, cache)
         if test_names != names:
@@ -213,10 +216,10 @@ class DigitJudge:
         if all(saved.get(k) == v for k, v in key.items()):
             net = Classifier(size, x.shape[1], len(names))
             net.load_state_dict(saved["net"])
-            return cls(net, size, held_out, held_labels, "folder", names)
+            return cls(net, size, held_out, held_labels, "folder", names, reference=x)
         net = _train_classifier(x, y, size, steps, seed, len(names), flip=True)
         _save(path, net, key)
-        judge = cls(net, size, held_out, held_labels, "folder", names)
+        judge = cls(net, size, held_out, held_labels, "folder", names, reference=x)
         if verbose:
             print(f"{Path(folder).name} classifier trained on {len(x)} images at {size}x{size}: "
                   f"{judge.accuracy:.1%} on the {len(held_out)} held-out images")

@@ -16,9 +16,10 @@ Each recipe runs as a user would run it (`python SCRIPT.py --dataset fashion_mni
 `--score-only` scores the runs already in RUNS_DIR without training.
 
 `--dataset FOLDER` (a folder with train/ and test/, one sub-folder per class, as `python -m benchmarks.emoji FOLDER`
-writes colour emoji) runs benchmarks/cpu_recipes_color.txt on FOLDER/train; the judge is the same small classifier
-trained on FOLDER/train (shifts and flips) and scored against FOLDER/test, and FID and KID are against all of
-FOLDER/train, since a test split of a few hundred images is too small for a 2,048-d covariance.
+writes colour emoji) runs benchmarks/cpu_recipes_color.txt on FOLDER/train. The judge is the same small classifier,
+trained on FOLDER/train (shifts and flips), its accuracy measured on FOLDER/test; its FD and class mix, and FID and
+KID, are against all of FOLDER/train (what G learns from), since a test split of a couple of hundred images is too
+small for a covariance; the real row is FOLDER/test.
 """
 import argparse
 import os
