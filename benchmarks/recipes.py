@@ -12,7 +12,8 @@ Each recipe runs as a user would run it (`python SCRIPT.py --dataset fashion_mni
   2% of the samples are confidently called it), the share of confident samples, and for cgan.py the share
   classified as the label they were generated for;
 - with the standard FID Inception network (`--fid-weights`; see the README's FID section for the offline route):
-  FID and KID against as many test images as samples (the first 2,000 by default), and precision and recall (k = 3).
+  FID and KID against as many test images as samples (the first 2,000 by default), precision and recall (k = 3) and
+  coverage (Naeem et al. 2020, k = 5: the share of real images with a sample among their 5 nearest neighbours).
 `--score-only` scores the runs already in RUNS_DIR without training.
 
 `--dataset FOLDER` (a folder with train/ and test/, one sub-folder per class, as `python -m benchmarks.emoji FOLDER`
@@ -83,7 +84,7 @@ def run_recipe(script: str, flags, data_dir: Path, run_dir: Path, samples: int, 
 
 
 class InceptionScores:
-    """FID, KID, precision and recall of exported samples against real images (the first test images)."""
+    """FID, KID, precision, recall and coverage of exported samples against real images (the first test images)."""
 
     def __init__(self, weights: str, real):
         from common import fid
@@ -97,8 +98,9 @@ class InceptionScores:
         fake = fid.features(self.net, fid.quantize(images))
         kid, _ = fid.kid(self.real, fake)
         precision, recall = fid.precision_recall(self.real[:len(fake)], fake)
+        _, coverage = fid.density_coverage(self.real[:len(fake)], fake)
         return {"fid": fid.frechet_distance(*fid.statistics(fake), self.mu, self.sigma), "kid": kid,
-                "precision": precision, "recall": recall}
+                "precision": precision, "recall": recall, "coverage": coverage}
 
 
 def main(argv=None):
@@ -185,14 +187,15 @@ def main(argv=None):
           f"{len(held_labels) if folder else len(real)} test images; a class is covered when 2% of the samples are "
           f"confident calls of it; confident = probability > {judge.confident}; class mix: the total variation "
           f"distance to the test images' (0: the same proportions). {n} samples per row"
-          + (f"; FID, KID and precision/recall against {against}" if inception else "") + "\n")
-    print("| script | minutes | FID | KID x1000 | precision | recall | classes covered | confident | smallest class's "
+          + (f"; FID, KID, precision/recall and coverage against {against}" if inception else "") + "\n")
+    print("| script | minutes | FID | KID x1000 | precision | recall | coverage | classes covered | confident | smallest class's "
           "confident share | class mix | FD (classifier) | matches its label |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, minutes, images, labels in rows:
         s = judge.score(images, labels)
         i = inception.score(images) if inception else {}
-        fid = f"{i['fid']:.1f} | {1000 * i['kid']:.1f} | {i['precision']:.2f} | {i['recall']:.2f}" if i else "- | - | - | -"
+        fid = (f"{i['fid']:.1f} | {1000 * i['kid']:.1f} | {i['precision']:.2f} | {i['recall']:.2f} | {i['coverage']:.2f}"
+               if i else "- | - | - | - | -")
         label = f"{s['label_acc']:.0%}" if "label_acc" in s and name in SCRIPTS else "-"
         print(f"| {name}{'.py' if name in SCRIPTS else ''} | {minutes:.1f} | {fid} | {s['covered']}/{judge.classes} | "
               f"{s['confident']:.0%} | {min(s['class_share']) * s['confident']:.1%} | {s['tv']:.2f} | {s['fd']:.1f} | "
