@@ -4,7 +4,7 @@
 
 For each script with a run in RUNS_DIR (RUNS_DIR/SCRIPT/export, as the runner leaves it) this writes
 OUT/SCRIPT_NAME.png: 64 of its exported samples, uncurated (the first 64 of a fixed shuffle, the same for every script),
-8 x 8 with a 2-pixel white border; cgan.py's as one row per class (its first classes, up to 8, 8 samples each). The
+8 x 8 with a 2-pixel white border; cgan.py's as one row per class (8 samples each, up to 10 classes). The
 command that trained the run (its recipe, from RUNS_DIR/SCRIPT/config.json and the recipes file) and the commit are
 written into the PNG as text chunks (Command, Commit, Date), so an image says what made it.
 """
@@ -23,7 +23,7 @@ def pick(images: torch.Tensor, labels) -> torch.Tensor:
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     if labels is None:
         return images[order[:SHOWN]]
-    rows = [order[labels[order] == c][:8] for c in sorted(set(labels.tolist()))[:8]]
+    rows = [order[labels[order] == c][:8] for c in sorted(set(labels.tolist()))[:10]]
     return images[torch.cat([r for r in rows if len(r) == 8])]
 
 

@@ -39,8 +39,9 @@ def test_grids_are_uncurated_labelled_by_row_and_carry_their_command(tmp_path):
     assert np.array_equal(np.asarray(Image.open(again / "dcgan_emoji.png")), np.asarray(image))  # a fixed shuffle
     cgan = Image.open(tmp_path / "out" / "cgan_emoji.png")
     assert cgan.text["Command"].endswith("--steps 5 --seed 3")
-    rows = np.asarray(cgan)[2::6, 2::6, 0][:8, :8]
-    assert rows.tolist() == [[20 * k] * 8 for k in range(8)]  # row k: eight samples of class k
+    assert cgan.size == (2 + 8 * 6, 2 + 9 * 6)
+    rows = np.asarray(cgan)[2::6, 2::6, 0][:9, :8]
+    assert rows.tolist() == [[20 * k] * 8 for k in range(9)]  # row k: eight samples of class k
 
 
 def test_no_runs_is_one_line(tmp_path, capsys):
